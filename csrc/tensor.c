@@ -1,0 +1,99 @@
+#include "tensor.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+size_t ec_dtype_size(ec_dtype d) { return d == EC_F16 || d == EC_BF16 ? 2 : 4; }
+
+const char *ec_dtype_name(ec_dtype d)
+{
+    static const char *names[] = {"float32", "float16", "bfloat16", "int32"};
+    return (unsigned)d < 4 ? names[d] : "unknown";
+}
+
+int64_t ec_numel(const ec_tensor *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}
+
+ec_status ec_tensor_create(ec_context *ctx, ec_dtype dtype, int ndim, const int64_t *shape, ec_tensor **out)
+{
+    *out = NULL;
+    if (ndim < 1 || ndim > EC_MAX_DIMS) return ec_fail(EC_ERR_ARG, "tensors have 1 to %d dimensions, not %d", EC_MAX_DIMS, ndim);
+    if ((unsigned)dtype > EC_I32) return ec_fail(EC_ERR_ARG, "unknown dtype %d", (int)dtype);
+    uint64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0) return ec_fail(EC_ERR_ARG, "negative dimension %lld", (long long)shape[i]);
+        if (shape[i] && n > (UINT64_MAX >> 8) / (uint64_t)shape[i]) return ec_fail(EC_ERR_ARG, "tensor shape overflows");
+        n *= (uint64_t)shape[i];
+    }
+    ec_tensor *t = calloc(1, sizeof *t);
+    if (!t) return ec_fail(EC_ERR_OOM, "out of host memory");
+    t->ctx = ctx;
+    t->dtype = dtype;
+    t->ndim = ndim;
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    t->nbytes = (size_t)(n * ec_dtype_size(dtype));
+    ec_status s = ec_alloc(ctx, t->nbytes, &t->mem);
+    if (s) { free(t); return s; }
+    *out = t;
+    return EC_OK;
+}
+
+void ec_tensor_destroy(ec_tensor *t)
+{
+    if (!t) return;
+    ec_context *ctx = t->ctx;
+    /* Recorded work may still use the memory: finish it before the memory can be handed out again. */
+    if (ctx->recording) ec_batch_submit(ctx);
+    if (t->texel_view) vkDestroyBufferView(ctx->device, t->texel_view, NULL);
+    ec_free(ctx, &t->mem);
+    free(t);
+}
+
+ec_status ec_tensor_upload(ec_tensor *t, const void *src, size_t nbytes)
+{
+    if (nbytes != t->nbytes) return ec_fail(EC_ERR_ARG, "upload of %zu bytes into a tensor of %zu bytes", nbytes, t->nbytes);
+    return ec_write(t->ctx, &t->mem, 0, src, nbytes);
+}
+
+ec_status ec_tensor_download(const ec_tensor *t, void *dst, size_t nbytes)
+{
+    if (nbytes != t->nbytes) return ec_fail(EC_ERR_ARG, "download of %zu bytes from a tensor of %zu bytes", nbytes, t->nbytes);
+    return ec_read(t->ctx, &t->mem, 0, dst, nbytes);
+}
+
+ec_status ec_bind_storage_range(const ec_tensor *t, size_t offset, size_t range, ec_binding *b)
+{
+    uint32_t max = t->ctx->limits.maxStorageBufferRange;
+    if (range > max)
+        return ec_fail(EC_ERR_ARG, "a %zu-byte piece of a tensor exceeds the device's %u-byte storage-buffer range", range, max);
+    if (offset % t->ctx->limits.minStorageBufferOffsetAlignment)
+        return ec_fail(EC_ERR_ARG, "storage binding offset %zu is not aligned", offset);
+    memset(b, 0, sizeof *b);
+    b->buffer = t->mem.buffer;
+    b->offset = t->mem.offset + offset;
+    b->range = range ? range : 4; /* empty tensors still need a valid binding */
+    return EC_OK;
+}
+
+ec_status ec_bind_storage(const ec_tensor *t, ec_binding *b) { return ec_bind_storage_range(t, 0, t->nbytes, b); }
+
+ec_status ec_bind_texel(ec_tensor *t, ec_binding *b)
+{
+    if (!t->texel_view) {
+        uint64_t texels = t->mem.size / 16;
+        if (texels > t->ctx->limits.maxTexelBufferElements)
+            return ec_fail(EC_ERR_ARG, "a %zu-byte tensor exceeds the device's texel-buffer reach of %llu bytes",
+                           t->nbytes, (unsigned long long)t->ctx->limits.maxTexelBufferElements * 16);
+        VkBufferViewCreateInfo vi = {.sType = VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO, .buffer = t->mem.buffer,
+                                     .format = VK_FORMAT_R32G32B32A32_UINT, .offset = t->mem.offset, .range = texels * 16};
+        if (vkCreateBufferView(t->ctx->device, &vi, NULL, &t->texel_view) != VK_SUCCESS)
+            return ec_fail(EC_ERR_DEVICE, "creating a texel buffer view failed");
+    }
+    memset(b, 0, sizeof *b);
+    b->texel_view = t->texel_view;
+    return EC_OK;
+}

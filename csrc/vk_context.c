@@ -1,0 +1,693 @@
+#include "vk_context.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#define MiB (1024.0 * 1024.0)
+
+/* ------------------------------------------------------------------------------------------------
+ * Instance and device choice */
+
+static const char *VALIDATION_LAYER = "VK_LAYER_KHRONOS_validation";
+
+/* The validation layer reports through this callback; messages are counted and printed to stderr so
+ * that the test suite can fail on any of them (tests/conftest.py reads the count). */
+static int validation_messages;
+int ec_validation_message_count(void) { return validation_messages; }
+
+static VKAPI_ATTR VkBool32 VKAPI_CALL on_validation_message(
+    VkDebugUtilsMessageSeverityFlagBitsEXT severity, VkDebugUtilsMessageTypeFlagsEXT type,
+    const VkDebugUtilsMessengerCallbackDataEXT *data, void *user)
+{
+    (void)type; (void)user;
+    if (severity & (VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT | VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT)) {
+        validation_messages++;
+        fprintf(stderr, "eyecare: Vulkan validation: %s\n", data->pMessage);
+    }
+    return VK_FALSE;
+}
+
+static int has_layer(const char *name)
+{
+    uint32_t n = 0;
+    vkEnumerateInstanceLayerProperties(&n, NULL);
+    VkLayerProperties *layers = calloc(n ? n : 1, sizeof *layers);
+    if (!layers) return 0;
+    vkEnumerateInstanceLayerProperties(&n, layers);
+    int found = 0;
+    for (uint32_t i = 0; i < n; i++)
+        found |= strcmp(layers[i].layerName, name) == 0;
+    free(layers);
+    return found;
+}
+
+static ec_status create_instance(int validation, VkInstance *out)
+{
+    EC_TRY(ec_vk_load());
+    uint32_t version = VK_API_VERSION_1_0;
+    if (vkEnumerateInstanceVersion) vkEnumerateInstanceVersion(&version);
+    if (version < VK_API_VERSION_1_2)
+        return ec_fail(EC_ERR_NO_DEVICE, "the Vulkan loader supports only Vulkan %u.%u; eyecare needs 1.2",
+                       VK_API_VERSION_MAJOR(version), VK_API_VERSION_MINOR(version));
+    VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO, .pApplicationName = "eyecare",
+                             .pEngineName = "eyecare", .apiVersion = VK_API_VERSION_1_2};
+    const char *layers[1] = {VALIDATION_LAYER};
+    const char *extensions[1] = {VK_EXT_DEBUG_UTILS_EXTENSION_NAME};
+    int use_validation = validation && has_layer(VALIDATION_LAYER);
+    if (validation && !use_validation)
+        return ec_fail(EC_ERR_NO_DEVICE, "EYECARE_VALIDATE=1 but the Khronos validation layer is not "
+                       "installed; on Debian/Ubuntu run 'apt-get install vulkan-validationlayers'");
+    VkInstanceCreateInfo info = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, .pApplicationInfo = &app,
+                                 .enabledLayerCount = use_validation, .ppEnabledLayerNames = layers,
+                                 .enabledExtensionCount = use_validation, .ppEnabledExtensionNames = extensions};
+    VkResult r = vkCreateInstance(&info, NULL, out);
+    if (r != VK_SUCCESS)
+        return ec_fail(EC_ERR_NO_DEVICE, "vkCreateInstance failed (VkResult %d): no working Vulkan driver; "
+                       "on Debian/Ubuntu run 'apt-get install mesa-vulkan-drivers' for lavapipe (CPU)", r);
+    ec_vk_load_instance(*out);
+    return EC_OK;
+}
+
+static int device_has_extension(VkPhysicalDevice pd, const char *name)
+{
+    uint32_t n = 0;
+    vkEnumerateDeviceExtensionProperties(pd, NULL, &n, NULL);
+    VkExtensionProperties *ext = calloc(n ? n : 1, sizeof *ext);
+    if (!ext) return 0;
+    vkEnumerateDeviceExtensionProperties(pd, NULL, &n, ext);
+    int found = 0;
+    for (uint32_t i = 0; i < n; i++)
+        found |= strcmp(ext[i].extensionName, name) == 0;
+    free(ext);
+    return found;
+}
+
+static void describe_device(VkPhysicalDevice pd, ec_device_info *info)
+{
+    VkPhysicalDeviceSubgroupProperties subgroup = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    VkPhysicalDeviceProperties2 props = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &subgroup};
+    vkGetPhysicalDeviceProperties2(pd, &props);
+    const VkPhysicalDeviceProperties *p = &props.properties;
+    memset(info, 0, sizeof *info);
+    snprintf(info->name, sizeof info->name, "%s", p->deviceName);
+    const char *type = "other";
+    switch (p->deviceType) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: type = "discrete"; break;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: type = "integrated"; break;
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: type = "virtual"; break;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU: type = "cpu"; break;
+    default: break;
+    }
+    snprintf(info->type, sizeof info->type, "%s", type);
+    info->vendor_id = p->vendorID;
+    info->device_id = p->deviceID;
+    info->api_version = p->apiVersion;
+    info->subgroup_size = subgroup.subgroupSize;
+    info->max_storage_buffer_range = p->limits.maxStorageBufferRange;
+    info->max_texel_buffer_elements = p->limits.maxTexelBufferElements;
+    info->max_shared_memory = p->limits.maxComputeSharedMemorySize;
+    info->max_workgroup_invocations = p->limits.maxComputeWorkGroupInvocations;
+    info->push_descriptor = device_has_extension(pd, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME);
+    VkPhysicalDeviceMemoryProperties mem;
+    vkGetPhysicalDeviceMemoryProperties(pd, &mem);
+    for (uint32_t i = 0; i < mem.memoryHeapCount; i++)
+        if ((mem.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) && mem.memoryHeaps[i].size > info->memory_bytes)
+            info->memory_bytes = mem.memoryHeaps[i].size;
+}
+
+static int type_rank(const char *type)
+{
+    const char *order[] = {"discrete", "integrated", "virtual", "cpu", "other"};
+    for (int i = 0; i < 5; i++)
+        if (strcmp(type, order[i]) == 0) return i;
+    return 5;
+}
+
+static ec_status enumerate(VkInstance instance, VkPhysicalDevice **devices, uint32_t *count)
+{
+    *count = 0;
+    VkResult r = vkEnumeratePhysicalDevices(instance, count, NULL);
+    if (r != VK_SUCCESS || *count == 0)
+        return ec_fail(EC_ERR_NO_DEVICE, "no Vulkan device found; on Debian/Ubuntu run 'apt-get install "
+                       "mesa-vulkan-drivers' for lavapipe, which runs Vulkan on the CPU");
+    *devices = calloc(*count, sizeof **devices);
+    if (!*devices) return ec_fail(EC_ERR_OOM, "out of host memory");
+    vkEnumeratePhysicalDevices(instance, count, *devices);
+    return EC_OK;
+}
+
+ec_status ec_list_devices(ec_device_info *out, int cap, int *count)
+{
+    VkInstance instance;
+    EC_TRY(create_instance(0, &instance));
+    VkPhysicalDevice *devices = NULL;
+    uint32_t n = 0;
+    ec_status s = enumerate(instance, &devices, &n);
+    if (s == EC_OK) {
+        for (uint32_t i = 0; i < n && (int)i < cap; i++)
+            describe_device(devices[i], &out[i]);
+        *count = (int)n;
+    }
+    free(devices);
+    vkDestroyInstance(instance, NULL);
+    return s;
+}
+
+static int contains_ignore_case(const char *hay, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (; *hay; hay++) {
+        size_t i = 0;
+        while (i < n && hay[i] && tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i])) i++;
+        if (i == n) return 1;
+    }
+    return n == 0;
+}
+
+static ec_status choose_device(VkInstance instance, const char *selector, VkPhysicalDevice *out)
+{
+    VkPhysicalDevice *devices;
+    uint32_t n;
+    EC_TRY(enumerate(instance, &devices, &n));
+    int chosen = -1;
+    ec_device_info info;
+    if (selector && *selector) {
+        char *end;
+        long index = strtol(selector, &end, 10);
+        if (*end == 0) {
+            if (index < 0 || index >= (long)n) {
+                free(devices);
+                return ec_fail(EC_ERR_NO_DEVICE, "EYECARE_DEVICE=%s: there are %u Vulkan devices (0..%u)",
+                               selector, n, n - 1);
+            }
+            chosen = (int)index;
+        } else {
+            for (uint32_t i = 0; i < n && chosen < 0; i++) {
+                describe_device(devices[i], &info);
+                if (contains_ignore_case(info.name, selector)) chosen = (int)i;
+            }
+            if (chosen < 0) {
+                free(devices);
+                return ec_fail(EC_ERR_NO_DEVICE, "EYECARE_DEVICE=%s matches no Vulkan device name "
+                               "(see eyecare.devices())", selector);
+            }
+        }
+    } else {
+        int best = 99;
+        for (uint32_t i = 0; i < n; i++) {
+            describe_device(devices[i], &info);
+            if (info.api_version < VK_API_VERSION_1_2) continue;
+            int rank = type_rank(info.type);
+            if (rank < best) { best = rank; chosen = (int)i; }
+        }
+        if (chosen < 0) {
+            free(devices);
+            return ec_fail(EC_ERR_NO_DEVICE, "no Vulkan 1.2 device found; update the driver");
+        }
+    }
+    *out = devices[chosen];
+    free(devices);
+    return EC_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Device memory: big blocks, each with one buffer over all of it, carved up first-fit. Tensors are
+ * (buffer, offset) pairs, so a model with a thousand tensors makes a handful of allocations. */
+
+#define BLOCK_BYTES ((VkDeviceSize)256 << 20)
+#define ALIGNMENT ((VkDeviceSize)256) /* >= every device's storage/texel offset alignment */
+
+typedef struct ec_span { VkDeviceSize offset, size; struct ec_span *next; } ec_span;
+
+struct ec_block {
+    VkDeviceMemory memory;
+    VkBuffer buffer;
+    VkDeviceSize size;
+    void *mapped;
+    ec_span *free_spans; /* sorted by offset, coalesced */
+    VkDeviceSize used;
+    ec_block *next;
+};
+
+static VkBufferUsageFlags BUFFER_USAGE = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_UNIFORM_TEXEL_BUFFER_BIT |
+                                         VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+
+static ec_status new_block(ec_context *ctx, VkDeviceSize size, uint32_t type, int map, ec_block **out)
+{
+    ec_block *b = calloc(1, sizeof *b);
+    if (!b) return ec_fail(EC_ERR_OOM, "out of host memory");
+    b->size = size;
+    VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = size, .usage = BUFFER_USAGE,
+                             .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+    VkResult r = vkCreateBuffer(ctx->device, &bi, NULL, &b->buffer);
+    if (r != VK_SUCCESS) { free(b); return ec_fail(EC_ERR_OOM, "vkCreateBuffer of %.1f MiB failed (VkResult %d)", size / MiB, r); }
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(ctx->device, b->buffer, &req);
+    VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size, .memoryTypeIndex = type};
+    r = vkAllocateMemory(ctx->device, &ai, NULL, &b->memory);
+    if (r != VK_SUCCESS) {
+        vkDestroyBuffer(ctx->device, b->buffer, NULL);
+        free(b);
+        return ec_fail(EC_ERR_OOM, "out of device memory: allocating %.1f MiB failed with %.1f MiB already "
+                       "held by eyecare on %s (VkResult %d)", size / MiB, ctx->reserved / MiB, ctx->info.name, r);
+    }
+    vkBindBufferMemory(ctx->device, b->buffer, b->memory, 0);
+    if (map && vkMapMemory(ctx->device, b->memory, 0, VK_WHOLE_SIZE, 0, &b->mapped) != VK_SUCCESS) {
+        vkFreeMemory(ctx->device, b->memory, NULL);
+        vkDestroyBuffer(ctx->device, b->buffer, NULL);
+        free(b);
+        return ec_fail(EC_ERR_DEVICE, "vkMapMemory failed");
+    }
+    b->free_spans = calloc(1, sizeof *b->free_spans);
+    if (!b->free_spans) { free(b); return ec_fail(EC_ERR_OOM, "out of host memory"); }
+    b->free_spans->size = size;
+    *out = b;
+    return EC_OK;
+}
+
+static void destroy_block(ec_context *ctx, ec_block *b)
+{
+    for (ec_span *s = b->free_spans, *n; s; s = n) { n = s->next; free(s); }
+    vkDestroyBuffer(ctx->device, b->buffer, NULL);
+    vkFreeMemory(ctx->device, b->memory, NULL);
+    free(b);
+}
+
+static int take_span(ec_block *b, VkDeviceSize size, VkDeviceSize *offset)
+{
+    for (ec_span **link = &b->free_spans; *link; link = &(*link)->next) {
+        ec_span *s = *link;
+        if (s->size < size) continue;
+        *offset = s->offset;
+        s->offset += size;
+        s->size -= size;
+        if (s->size == 0) { *link = s->next; free(s); }
+        b->used += size;
+        return 1;
+    }
+    return 0;
+}
+
+static void give_span(ec_block *b, VkDeviceSize offset, VkDeviceSize size)
+{
+    ec_span **link = &b->free_spans;
+    while (*link && (*link)->offset < offset) link = &(*link)->next;
+    ec_span *prev = NULL;
+    for (ec_span *s = b->free_spans; s && s->offset < offset; s = s->next) prev = s;
+    ec_span *next = *link;
+    b->used -= size;
+    if (prev && prev->offset + prev->size == offset) {
+        prev->size += size;
+        if (next && prev->offset + prev->size == next->offset) { prev->size += next->size; prev->next = next->next; free(next); }
+        return;
+    }
+    if (next && offset + size == next->offset) { next->offset = offset; next->size += size; return; }
+    ec_span *s = malloc(sizeof *s);
+    if (!s) return; /* the span is lost to the block, not to the process: harmless */
+    s->offset = offset; s->size = size; s->next = next;
+    *link = s;
+}
+
+ec_status ec_alloc(ec_context *ctx, VkDeviceSize size, ec_allocation *out)
+{
+    memset(out, 0, sizeof *out);
+    VkDeviceSize need = (size + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
+    if (need == 0) need = ALIGNMENT;
+    if (ctx->budget && ctx->in_use + need > ctx->budget)
+        return ec_fail(EC_ERR_OOM, "device memory budget exceeded: %.1f MiB needed, %.1f MiB available "
+                       "(%.1f MiB of the %.1f MiB budget in use; raise EYECARE_MAX_DEVICE_MEMORY or "
+                       "max_device_memory=)", need / MiB, (ctx->budget - ctx->in_use) / MiB,
+                       ctx->in_use / MiB, ctx->budget / MiB);
+    VkDeviceSize offset = 0;
+    ec_block *b = ctx->blocks;
+    for (; b; b = b->next)
+        if (take_span(b, need, &offset)) break;
+    if (!b) {
+        ec_status s = new_block(ctx, need > BLOCK_BYTES ? need : BLOCK_BYTES, ctx->memory_type, ctx->host_visible, &b);
+        /* Near the end of device memory a whole default block may not fit where the request would. */
+        if (s == EC_ERR_OOM && need < BLOCK_BYTES)
+            s = new_block(ctx, need, ctx->memory_type, ctx->host_visible, &b);
+        if (s) return s;
+        b->next = ctx->blocks;
+        ctx->blocks = b;
+        ctx->reserved += b->size;
+        take_span(b, need, &offset);
+    }
+    ctx->in_use += need;
+    out->block = b;
+    out->buffer = b->buffer;
+    out->offset = offset;
+    out->size = need;
+    out->mapped = b->mapped ? (char *)b->mapped + offset : NULL;
+    return EC_OK;
+}
+
+void ec_free(ec_context *ctx, ec_allocation *a)
+{
+    if (!a->block) return;
+    ec_block *b = a->block;
+    give_span(b, a->offset, a->size);
+    ctx->in_use -= a->size;
+    /* Give an empty block back to the driver, keeping the first one for small tensors. */
+    if (b->used == 0 && b != ctx->blocks) {
+        for (ec_block **link = &ctx->blocks; *link; link = &(*link)->next)
+            if (*link == b) { *link = b->next; break; }
+        ctx->reserved -= b->size;
+        destroy_block(ctx, b);
+    }
+    memset(a, 0, sizeof *a);
+}
+
+/* Copies through the staging buffer on devices whose memory the host cannot see. */
+static ec_status staged_copy(ec_context *ctx, const ec_allocation *a, VkDeviceSize offset, void *host, size_t n, int upload)
+{
+    const VkDeviceSize chunk = 64 << 20;
+    if (!ctx->staging.block) {
+        ec_block *b;
+        EC_TRY(new_block(ctx, chunk, ctx->staging_type, 1, &b));
+        ctx->staging.block = b; ctx->staging.buffer = b->buffer; ctx->staging.size = chunk; ctx->staging.mapped = b->mapped;
+    }
+    for (size_t done = 0; done < n;) {
+        VkDeviceSize len = n - done < chunk ? n - done : chunk;
+        if (upload) memcpy(ctx->staging.mapped, (char *)host + done, len);
+        EC_TRY(ec_batch_begin(ctx));
+        VkBufferCopy region = upload ? (VkBufferCopy){0, a->offset + offset + done, len}
+                                     : (VkBufferCopy){a->offset + offset + done, 0, len};
+        if (upload) vkCmdCopyBuffer(ctx->cmd, ctx->staging.buffer, a->buffer, 1, &region);
+        else vkCmdCopyBuffer(ctx->cmd, a->buffer, ctx->staging.buffer, 1, &region);
+        EC_TRY(ec_batch_submit(ctx));
+        if (!upload) memcpy((char *)host + done, ctx->staging.mapped, len);
+        done += len;
+    }
+    return EC_OK;
+}
+
+ec_status ec_write(ec_context *ctx, const ec_allocation *a, VkDeviceSize offset, const void *src, size_t n)
+{
+    if (offset + n > a->size) return ec_fail(EC_ERR_ARG, "write of %zu bytes past the end of a %llu-byte buffer", n, (unsigned long long)a->size);
+    if (ctx->recording) EC_TRY(ec_batch_submit(ctx)); /* recorded work may still read the old contents */
+    if (a->mapped) { memcpy((char *)a->mapped + offset, src, n); return EC_OK; }
+    return staged_copy(ctx, a, offset, (void *)src, n, 1);
+}
+
+ec_status ec_read(ec_context *ctx, const ec_allocation *a, VkDeviceSize offset, void *dst, size_t n)
+{
+    if (offset + n > a->size) return ec_fail(EC_ERR_ARG, "read of %zu bytes past the end of a %llu-byte buffer", n, (unsigned long long)a->size);
+    if (ctx->recording) EC_TRY(ec_batch_submit(ctx));
+    if (a->mapped) { memcpy(dst, (char *)a->mapped + offset, n); return EC_OK; }
+    return staged_copy(ctx, a, offset, dst, n, 0);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Context */
+
+static ec_status pick_memory_types(ec_context *ctx)
+{
+    VkPhysicalDeviceMemoryProperties mem;
+    vkGetPhysicalDeviceMemoryProperties(ctx->physical, &mem);
+    const VkMemoryPropertyFlags visible = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    int local = -1, local_visible = -1, staging = -1;
+    for (uint32_t i = 0; i < mem.memoryTypeCount; i++) {
+        VkMemoryPropertyFlags f = mem.memoryTypes[i].propertyFlags;
+        int is_local = (f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) != 0;
+        if (is_local && local < 0) local = (int)i;
+        if (is_local && (f & visible) == visible && local_visible < 0) local_visible = (int)i;
+        if ((f & visible) == visible && staging < 0) staging = (int)i;
+    }
+    /* Host-visible device-local memory is used directly only where it is the whole heap (CPUs, unified
+     * memory); on discrete GPUs it is the small BAR window, so tensors live in plain device memory. */
+    int uma = 0;
+    if (local_visible >= 0) {
+        uint32_t heap = mem.memoryTypes[local_visible].heapIndex;
+        uma = mem.memoryHeaps[heap].size >= ctx->info.memory_bytes;
+    }
+    if (uma) { ctx->memory_type = (uint32_t)local_visible; ctx->host_visible = 1; }
+    else if (local >= 0) ctx->memory_type = (uint32_t)local;
+    else if (staging >= 0) { ctx->memory_type = (uint32_t)staging; ctx->host_visible = 1; }
+    else return ec_fail(EC_ERR_NO_DEVICE, "%s offers no usable memory type", ctx->info.name);
+    if (staging < 0) return ec_fail(EC_ERR_NO_DEVICE, "%s offers no host-visible memory", ctx->info.name);
+    ctx->staging_type = (uint32_t)staging;
+    return EC_OK;
+}
+
+ec_status ec_context_create(const char *selector, int validation, uint64_t budget, ec_context **out)
+{
+    *out = NULL;
+    ec_context *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return ec_fail(EC_ERR_OOM, "out of host memory");
+    pthread_mutex_init(&ctx->lock, NULL);
+    ctx->budget = budget;
+    ec_status s = create_instance(validation, &ctx->instance);
+    if (s) { free(ctx); return s; }
+    ctx->validation = validation;
+    if (validation) {
+        VkDebugUtilsMessengerCreateInfoEXT mi = {
+            .sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
+            .messageSeverity = VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT | VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT,
+            .messageType = VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT | VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT |
+                           VK_DEBUG_UTILS_MESSAGE_TYPE_PERFORMANCE_BIT_EXT,
+            .pfnUserCallback = on_validation_message};
+        vkCreateDebugUtilsMessengerEXT(ctx->instance, &mi, NULL, &ctx->messenger);
+    }
+    if ((s = choose_device(ctx->instance, selector, &ctx->physical))) goto fail;
+    describe_device(ctx->physical, &ctx->info);
+    VkPhysicalDeviceProperties props;
+    vkGetPhysicalDeviceProperties(ctx->physical, &props);
+    ctx->limits = props.limits;
+    if (!ctx->info.push_descriptor) {
+        s = ec_fail(EC_ERR_NO_DEVICE, "%s lacks VK_KHR_push_descriptor, which eyecare needs", ctx->info.name);
+        goto fail;
+    }
+
+    uint32_t nfam = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(ctx->physical, &nfam, NULL);
+    VkQueueFamilyProperties fam[32];
+    if (nfam > 32) nfam = 32;
+    vkGetPhysicalDeviceQueueFamilyProperties(ctx->physical, &nfam, fam);
+    int family = -1;
+    for (uint32_t i = 0; i < nfam && family < 0; i++)
+        if (fam[i].queueFlags & VK_QUEUE_COMPUTE_BIT) family = (int)i;
+    if (family < 0) { s = ec_fail(EC_ERR_NO_DEVICE, "%s has no compute queue", ctx->info.name); goto fail; }
+    ctx->queue_family = (uint32_t)family;
+
+    /* Features the shaders rely on: 16-bit storage for half-precision activations where used, and
+     * subgroup arithmetic (core in 1.1) for reductions. */
+    VkPhysicalDeviceVulkan11Features f11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES};
+    VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &f11};
+    VkPhysicalDeviceFeatures2 supported = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
+    vkGetPhysicalDeviceFeatures2(ctx->physical, &supported);
+    VkPhysicalDeviceVulkan11Features want11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES,
+                                               .storageBuffer16BitAccess = f11.storageBuffer16BitAccess};
+    VkPhysicalDeviceVulkan12Features want12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &want11,
+                                               .shaderFloat16 = f12.shaderFloat16};
+    VkPhysicalDeviceFeatures2 want = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &want12};
+    float priority = 1.0f;
+    VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = ctx->queue_family,
+                                  .queueCount = 1, .pQueuePriorities = &priority};
+    const char *extensions[] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
+    VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = &want, .queueCreateInfoCount = 1,
+                             .pQueueCreateInfos = &qi, .enabledExtensionCount = 1, .ppEnabledExtensionNames = extensions};
+    VkResult r = vkCreateDevice(ctx->physical, &di, NULL, &ctx->device);
+    if (r != VK_SUCCESS) { s = ec_fail(EC_ERR_NO_DEVICE, "vkCreateDevice failed on %s (VkResult %d)", ctx->info.name, r); goto fail; }
+    vkGetDeviceQueue(ctx->device, ctx->queue_family, 0, &ctx->queue);
+    ctx->push_descriptor_set = vkCmdPushDescriptorSetKHR;
+    if ((s = pick_memory_types(ctx))) goto fail;
+
+    VkCommandPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                  .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT, .queueFamilyIndex = ctx->queue_family};
+    VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                       .commandBufferCount = 1};
+    VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    VkPipelineCacheCreateInfo pci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
+    VkQueryPoolCreateInfo qpi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO, .queryType = VK_QUERY_TYPE_TIMESTAMP, .queryCount = 2};
+    if (vkCreateCommandPool(ctx->device, &pi, NULL, &ctx->command_pool) != VK_SUCCESS ||
+        (cai.commandPool = ctx->command_pool, vkAllocateCommandBuffers(ctx->device, &cai, &ctx->cmd) != VK_SUCCESS) ||
+        vkCreateFence(ctx->device, &fi, NULL, &ctx->fence) != VK_SUCCESS ||
+        vkCreatePipelineCache(ctx->device, &pci, NULL, &ctx->pipeline_cache) != VK_SUCCESS) {
+        s = ec_fail(EC_ERR_DEVICE, "creating the command pool, fence or pipeline cache failed on %s", ctx->info.name);
+        goto fail;
+    }
+    if (fam[ctx->queue_family].timestampValidBits && props.limits.timestampComputeAndGraphics)
+        vkCreateQueryPool(ctx->device, &qpi, NULL, &ctx->timestamps);
+    ctx->layouts = calloc((size_t)ec_kernel_count, sizeof *ctx->layouts);
+    if (!ctx->layouts) { s = ec_fail(EC_ERR_OOM, "out of host memory"); goto fail; }
+    *out = ctx;
+    return EC_OK;
+fail:
+    ec_context_destroy(ctx);
+    return s;
+}
+
+void ec_context_destroy(ec_context *ctx)
+{
+    if (!ctx) return;
+    if (ctx->device) {
+        vkDeviceWaitIdle(ctx->device);
+        for (ec_pipeline *p = ctx->pipelines, *n; p; p = n) { n = p->next; vkDestroyPipeline(ctx->device, p->pipeline, NULL); free(p); }
+        for (int i = 0; ctx->layouts && i < ec_kernel_count; i++) {
+            if (ctx->layouts[i].layout) vkDestroyPipelineLayout(ctx->device, ctx->layouts[i].layout, NULL);
+            if (ctx->layouts[i].set_layout) vkDestroyDescriptorSetLayout(ctx->device, ctx->layouts[i].set_layout, NULL);
+        }
+        for (ec_block *b = ctx->blocks, *n; b; b = n) { n = b->next; destroy_block(ctx, b); }
+        if (ctx->staging.block) destroy_block(ctx, ctx->staging.block);
+        if (ctx->timestamps) vkDestroyQueryPool(ctx->device, ctx->timestamps, NULL);
+        if (ctx->pipeline_cache) vkDestroyPipelineCache(ctx->device, ctx->pipeline_cache, NULL);
+        if (ctx->fence) vkDestroyFence(ctx->device, ctx->fence, NULL);
+        if (ctx->command_pool) vkDestroyCommandPool(ctx->device, ctx->command_pool, NULL);
+        vkDestroyDevice(ctx->device, NULL);
+    }
+    if (ctx->messenger) vkDestroyDebugUtilsMessengerEXT(ctx->instance, ctx->messenger, NULL);
+    if (ctx->instance) vkDestroyInstance(ctx->instance, NULL);
+    free(ctx->layouts);
+    pthread_mutex_destroy(&ctx->lock);
+    free(ctx);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Batches */
+
+ec_status ec_batch_begin(ec_context *ctx)
+{
+    if (ctx->recording) return EC_OK;
+    VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                   .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+    if (vkBeginCommandBuffer(ctx->cmd, &bi) != VK_SUCCESS) return ec_fail(EC_ERR_DEVICE, "vkBeginCommandBuffer failed");
+    if (ctx->timestamps) {
+        vkCmdResetQueryPool(ctx->cmd, ctx->timestamps, 0, 2);
+        vkCmdWriteTimestamp(ctx->cmd, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, ctx->timestamps, 0);
+    }
+    ctx->recording = 1;
+    ctx->dispatches = 0;
+    return EC_OK;
+}
+
+ec_status ec_batch_submit(ec_context *ctx)
+{
+    if (!ctx->recording) return EC_OK;
+    ctx->recording = 0;
+    if (ctx->timestamps) vkCmdWriteTimestamp(ctx->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, ctx->timestamps, 1);
+    if (vkEndCommandBuffer(ctx->cmd) != VK_SUCCESS) return ec_fail(EC_ERR_DEVICE, "vkEndCommandBuffer failed");
+    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &ctx->cmd};
+    vkResetFences(ctx->device, 1, &ctx->fence);
+    VkResult r = vkQueueSubmit(ctx->queue, 1, &si, ctx->fence);
+    if (r == VK_SUCCESS) r = vkWaitForFences(ctx->device, 1, &ctx->fence, VK_TRUE, UINT64_MAX);
+    if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
+        return ec_fail(EC_ERR_OOM, "the device ran out of memory executing the work (VkResult %d)", r);
+    if (r != VK_SUCCESS) return ec_fail(EC_ERR_DEVICE, "executing the work failed on %s (VkResult %d)", ctx->info.name, r);
+    if (ctx->timestamps) {
+        uint64_t t[2];
+        if (vkGetQueryPoolResults(ctx->device, ctx->timestamps, 0, 2, sizeof t, t, sizeof t[0], VK_QUERY_RESULT_64_BIT) == VK_SUCCESS)
+            ctx->last_batch_ms = (double)(t[1] - t[0]) * ctx->limits.timestampPeriod * 1e-6;
+    }
+    return EC_OK;
+}
+
+void ec_batch_abort(ec_context *ctx)
+{
+    if (!ctx->recording) return;
+    vkEndCommandBuffer(ctx->cmd);
+    vkResetCommandBuffer(ctx->cmd, 0);
+    ctx->recording = 0;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Pipelines and dispatch */
+
+static ec_status kernel_layout(ec_context *ctx, int kernel, ec_kernel_layout **out)
+{
+    ec_kernel_layout *l = &ctx->layouts[kernel];
+    if (!l->layout) {
+        const ec_kernel_def *k = &ec_kernels[kernel];
+        VkDescriptorSetLayoutBinding b[16];
+        uint32_t n = (uint32_t)strlen(k->bindings);
+        for (uint32_t i = 0; i < n; i++)
+            b[i] = (VkDescriptorSetLayoutBinding){.binding = i, .descriptorCount = 1, .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT,
+                .descriptorType = k->bindings[i] == 'T' ? VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER : VK_DESCRIPTOR_TYPE_STORAGE_BUFFER};
+        VkDescriptorSetLayoutCreateInfo dsl = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+            .flags = VK_DESCRIPTOR_SET_LAYOUT_CREATE_PUSH_DESCRIPTOR_BIT_KHR, .bindingCount = n, .pBindings = b};
+        if (vkCreateDescriptorSetLayout(ctx->device, &dsl, NULL, &l->set_layout) != VK_SUCCESS)
+            return ec_fail(EC_ERR_DEVICE, "creating the descriptor layout of kernel %s failed", k->name);
+        VkPushConstantRange pc = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .size = k->push_size};
+        VkPipelineLayoutCreateInfo pli = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO, .setLayoutCount = 1,
+            .pSetLayouts = &l->set_layout, .pushConstantRangeCount = k->push_size ? 1 : 0, .pPushConstantRanges = &pc};
+        if (vkCreatePipelineLayout(ctx->device, &pli, NULL, &l->layout) != VK_SUCCESS)
+            return ec_fail(EC_ERR_DEVICE, "creating the pipeline layout of kernel %s failed", k->name);
+        l->name = k->name;
+        l->bindings = k->bindings;
+        l->push_size = k->push_size;
+    }
+    *out = l;
+    return EC_OK;
+}
+
+ec_status ec_pipeline_get(ec_context *ctx, int kernel, const uint32_t spec[8], ec_pipeline **out)
+{
+    for (ec_pipeline *p = ctx->pipelines; p; p = p->next)
+        if (p->kernel == kernel && memcmp(p->spec, spec, sizeof p->spec) == 0) { *out = p; return EC_OK; }
+    ec_kernel_layout *l;
+    EC_TRY(kernel_layout(ctx, kernel, &l));
+    const ec_kernel_def *k = &ec_kernels[kernel];
+    VkShaderModuleCreateInfo smi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = k->spirv_bytes, .pCode = k->spirv};
+    VkShaderModule module;
+    if (vkCreateShaderModule(ctx->device, &smi, NULL, &module) != VK_SUCCESS)
+        return ec_fail(EC_ERR_DEVICE, "creating the shader module of kernel %s failed", k->name);
+    VkSpecializationMapEntry entries[8];
+    for (uint32_t i = 0; i < 8; i++) entries[i] = (VkSpecializationMapEntry){i, i * 4, 4};
+    ec_pipeline *p = calloc(1, sizeof *p);
+    if (!p) { vkDestroyShaderModule(ctx->device, module, NULL); return ec_fail(EC_ERR_OOM, "out of host memory"); }
+    p->kernel = kernel;
+    memcpy(p->spec, spec, sizeof p->spec);
+    VkSpecializationInfo si = {.mapEntryCount = 8, .pMapEntries = entries, .dataSize = sizeof p->spec, .pData = p->spec};
+    VkComputePipelineCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+        .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+                  .module = module, .pName = "main", .pSpecializationInfo = &si},
+        .layout = l->layout};
+    VkResult r = vkCreateComputePipelines(ctx->device, ctx->pipeline_cache, 1, &ci, NULL, &p->pipeline);
+    vkDestroyShaderModule(ctx->device, module, NULL);
+    if (r != VK_SUCCESS) { free(p); return ec_fail(EC_ERR_DEVICE, "creating the pipeline of kernel %s failed (VkResult %d)", k->name, r); }
+    p->next = ctx->pipelines;
+    ctx->pipelines = p;
+    *out = p;
+    return EC_OK;
+}
+
+ec_status ec_dispatch(ec_context *ctx, ec_pipeline *p, const ec_binding *bindings, const void *push,
+                      uint32_t gx, uint32_t gy, uint32_t gz)
+{
+    if (gx == 0 || gy == 0 || gz == 0) return EC_OK;
+    uint32_t max = ctx->limits.maxComputeWorkGroupCount[0];
+    if (gx > max || gy > ctx->limits.maxComputeWorkGroupCount[1] || gz > ctx->limits.maxComputeWorkGroupCount[2])
+        return ec_fail(EC_ERR_ARG, "kernel %s needs %u x %u x %u workgroups, more than the device allows",
+                       ec_kernels[p->kernel].name, gx, gy, gz);
+    EC_TRY(ec_batch_begin(ctx));
+    ec_kernel_layout *l = &ctx->layouts[p->kernel];
+    uint32_t n = (uint32_t)strlen(l->bindings);
+    VkWriteDescriptorSet writes[16];
+    VkDescriptorBufferInfo infos[16];
+    for (uint32_t i = 0; i < n; i++) {
+        writes[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstBinding = i, .descriptorCount = 1};
+        if (l->bindings[i] == 'T') {
+            writes[i].descriptorType = VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER;
+            writes[i].pTexelBufferView = &bindings[i].texel_view;
+        } else {
+            infos[i] = (VkDescriptorBufferInfo){bindings[i].buffer, bindings[i].offset, bindings[i].range};
+            writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+            writes[i].pBufferInfo = &infos[i];
+        }
+    }
+    vkCmdBindPipeline(ctx->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p->pipeline);
+    ctx->push_descriptor_set(ctx->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, l->layout, 0, n, writes);
+    if (l->push_size) vkCmdPushConstants(ctx->cmd, l->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, l->push_size, push);
+    vkCmdDispatch(ctx->cmd, gx, gy, gz);
+    /* Every dispatch may depend on the one before: a full compute barrier keeps that simple and,
+     * on lavapipe, costs nothing next to the dispatch itself. */
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
+    vkCmdPipelineBarrier(ctx->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    ctx->dispatches++;
+    return EC_OK;
+}

@@ -1,0 +1,128 @@
+/* The Vulkan context: one instance, one device, one compute queue, the device-memory sub-allocator,
+ * the pipeline cache and the command buffer that a batch of work is recorded into.
+ *
+ * Work is recorded, not executed: ec_batch_begin() opens a command buffer, every op appends a
+ * dispatch and a barrier, ec_batch_submit() submits once and waits. Ops called while no batch is
+ * open run in a batch of their own. */
+#ifndef EC_VK_CONTEXT_H
+#define EC_VK_CONTEXT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include "vk_loader.h"
+
+#include "errors.h"
+
+typedef struct ec_block ec_block;
+
+/* A piece of device memory handed out by the sub-allocator: `buffer` covers the whole block, the
+ * allocation is [offset, offset + size) of it. */
+typedef struct {
+    ec_block *block;
+    VkBuffer buffer;
+    VkDeviceSize offset;
+    VkDeviceSize size;
+    void *mapped; /* host pointer to the allocation when device memory is host-visible, else NULL */
+} ec_allocation;
+
+typedef struct {
+    const char *name;
+    VkPipelineLayout layout;
+    VkDescriptorSetLayout set_layout;
+    const char *bindings; /* one char per binding: 'S' storage buffer, 'T' uniform texel buffer */
+    uint32_t push_size;
+} ec_kernel_layout;
+
+typedef struct ec_pipeline {
+    int kernel;                 /* index into the kernel table (ops.c) */
+    uint32_t spec[8];           /* specialization constants 0..7 */
+    VkPipeline pipeline;
+    struct ec_pipeline *next;
+} ec_pipeline;
+
+typedef struct {
+    char name[256];
+    char type[16];              /* "discrete", "integrated", "virtual", "cpu", "other" */
+    uint32_t vendor_id, device_id, api_version;
+    uint64_t memory_bytes;      /* size of the largest device-local heap */
+    uint32_t subgroup_size;
+    uint32_t max_storage_buffer_range;
+    uint32_t max_texel_buffer_elements;
+    uint32_t max_shared_memory;
+    uint32_t max_workgroup_invocations;
+    int push_descriptor;        /* VK_KHR_push_descriptor available */
+} ec_device_info;
+
+typedef struct ec_context {
+    VkInstance instance;
+    VkPhysicalDevice physical;
+    VkDevice device;
+    VkQueue queue;
+    uint32_t queue_family;
+    ec_device_info info;
+    VkPhysicalDeviceLimits limits;
+    int validation;             /* the Khronos validation layer is on */
+    VkDebugUtilsMessengerEXT messenger;
+
+    /* memory */
+    uint32_t memory_type;       /* the device-local type tensors live in */
+    int host_visible;           /* that type is also host-visible and coherent: no staging needed */
+    uint32_t staging_type;
+    ec_block *blocks;
+    uint64_t budget;            /* cap on live allocation bytes (EYECARE_MAX_DEVICE_MEMORY); 0 = none */
+    uint64_t in_use;            /* bytes of live allocations */
+    uint64_t reserved;          /* bytes of device memory held in blocks */
+    ec_allocation staging;      /* host-visible bounce buffer for discrete GPUs */
+
+    /* work */
+    VkCommandPool command_pool;
+    VkCommandBuffer cmd;
+    VkFence fence;
+    int recording;              /* a batch is open */
+    uint32_t dispatches;        /* dispatches recorded in the open batch */
+    VkQueryPool timestamps;
+    double last_batch_ms;       /* device time of the last submitted batch, from timestamps */
+
+    VkPipelineCache pipeline_cache;
+    ec_kernel_layout *layouts;  /* one per kernel, built on first use */
+    ec_pipeline *pipelines;
+    PFN_vkCmdPushDescriptorSetKHR push_descriptor_set;
+
+    pthread_mutex_t lock;       /* serializes use of the context across threads */
+} ec_context;
+
+/* Lists the Vulkan devices: fills up to `cap` entries of out, sets *count to the number present. */
+ec_status ec_list_devices(ec_device_info *out, int cap, int *count);
+
+/* selector: NULL or "" picks by type (discrete > integrated > virtual > cpu); a number is an index
+ * into ec_list_devices; anything else is matched as a case-insensitive substring of the name. */
+ec_status ec_context_create(const char *selector, int validation, uint64_t budget, ec_context **out);
+void ec_context_destroy(ec_context *ctx);
+
+/* Device memory. */
+ec_status ec_alloc(ec_context *ctx, VkDeviceSize size, ec_allocation *out);
+void ec_free(ec_context *ctx, ec_allocation *a);
+ec_status ec_write(ec_context *ctx, const ec_allocation *a, VkDeviceSize offset, const void *src, size_t n);
+ec_status ec_read(ec_context *ctx, const ec_allocation *a, VkDeviceSize offset, void *dst, size_t n);
+
+/* Batches of recorded work. */
+ec_status ec_batch_begin(ec_context *ctx);
+ec_status ec_batch_submit(ec_context *ctx);     /* submit, wait, and close the batch */
+void ec_batch_abort(ec_context *ctx);          /* drop what was recorded (after an error) */
+
+/* Pipelines, built on first use and cached per (kernel, specialization constants). */
+ec_status ec_pipeline_get(ec_context *ctx, int kernel, const uint32_t spec[8], ec_pipeline **out);
+
+/* One binding of a dispatch: a storage-buffer range, or a uniform texel buffer view. */
+typedef struct {
+    VkBuffer buffer;
+    VkDeviceSize offset, range;
+    VkBufferView texel_view;
+} ec_binding;
+
+/* Records one dispatch followed by a compute->compute barrier into the open batch. */
+ec_status ec_dispatch(ec_context *ctx, ec_pipeline *p, const ec_binding *bindings, const void *push,
+                      uint32_t gx, uint32_t gy, uint32_t gz);
+
+#endif
