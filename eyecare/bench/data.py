@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -40,15 +40,14 @@ TASKS = ("closed", "open", "report")
 # modality from text, so "fundus fluorescein angiography" is FFA, not fundus photography.
 MODALITIES = {
     "fundus": ("fundus photography", "fundus photograph", "color fundus photograph", "colour fundus photograph",
-               "fundus image", "fundus", "cfp", "retinal photograph", "fundus_photography"),
+               "fundus image", "fundus", "cfp", "retinal photograph"),
     "ffa": ("fundus fluorescein angiography", "fluorescein angiography", "ffa", "fa"),
     "icga": ("indocyanine green angiography", "icg angiography", "icga", "icg"),
     "oct": ("optical coherence tomography", "oct", "sd oct", "swept source oct"),
     "ubm": ("ultrasound biomicroscopy", "ultrasound bio microscopy", "ubm"),
     "slit_lamp": ("slit lamp photograph", "slit lamp photography", "slit lamp", "slitlamp",
-                  "anterior segment photograph", "slit_lamp"),
-    "fluorescein_staining": ("corneal fluorescein staining", "fluorescein staining", "fluorescein stain",
-                             "fluorescein_staining", "fs"),
+                  "anterior segment photograph"),
+    "fluorescein_staining": ("corneal fluorescein staining", "fluorescein staining", "fluorescein stain"),
     "ct": ("computed tomography", "orbital ct", "orbit ct", "ct"),
 }
 UNKNOWN_MODALITY = "unknown"
@@ -280,6 +279,25 @@ def _from_llava(obj: dict, where: str, base: Path, problems: _Problems, index: i
     return records
 
 
+_ARRAY_GAP = re.compile(r"[\s,]*")
+
+
+def _array_entries(text: str):
+    """Yield (line number, object) for each element of a JSON array, so errors can name the line."""
+    decoder = json.JSONDecoder()
+    pos, line = text.index("[") + 1, 1 + text.count("\n", 0, text.index("["))
+    while True:
+        m = _ARRAY_GAP.match(text, pos)
+        line += text.count("\n", pos, m.end())
+        pos = m.end()
+        if pos >= len(text) or text[pos] == "]":
+            return
+        obj, end = decoder.raw_decode(text, pos)
+        yield line, obj
+        line += text.count("\n", pos, end)
+        pos = end
+
+
 def _entries(path: Path, problems: _Problems):
     """Yield (where, index, object) for each entry of a JSON array or JSONL file."""
     try:
@@ -290,11 +308,11 @@ def _entries(path: Path, problems: _Problems):
         raise DatasetError(f"{path}: cannot read dataset ({exc})") from None
     if text.lstrip().startswith("["):
         try:
-            array = json.loads(text)
+            json.loads(text)  # a syntax error anywhere is reported with its line before any entry
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-        for i, obj in enumerate(array):
-            yield f"{path.name} entry {i}", i, obj
+        for i, (lineno, obj) in enumerate(_array_entries(text)):
+            yield f"{path.name}:{lineno}", i, obj
         return
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -340,8 +358,8 @@ def load_dataset(path, image_root=None) -> list:
 
 
 def check_images(records: Sequence[Record]) -> list:
-    """Return (record, image_ref) for every image file that does not exist."""
-    return [(r, ref) for r in records for ref, p in zip(r.image_refs, r.images) if not os.path.isfile(p)]
+    """Return (record, image as written, absolute path) for every image file that does not exist."""
+    return [(r, ref, p) for r in records for ref, p in zip(r.image_refs, r.images) if not os.path.isfile(p)]
 
 
 def require_images(records: Sequence[Record]) -> None:
@@ -349,8 +367,7 @@ def require_images(records: Sequence[Record]) -> None:
     missing = check_images(records)
     if not missing:
         return
-    lines = [f"{r.where} (id {r.id}): {ref} -> {p}" for r, ref in missing[:_MAX_LISTED_PROBLEMS]
-             for p in [r.images[r.image_refs.index(ref)]]]
+    lines = [f"{r.where} (id {r.id}): {ref} -> {p}" for r, ref, p in missing[:_MAX_LISTED_PROBLEMS]]
     more = len(missing) - len(lines)
     tail = f"\n  ... and {more} more" if more else ""
     raise DatasetError(f"{len(missing)} image file(s) not found:\n  " + "\n  ".join(lines) + tail)

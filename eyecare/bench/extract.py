@@ -38,6 +38,8 @@ _EXPLICIT_YES_NO = re.compile(
     r"\b(?:answer|response)\b[^a-z0-9\n]{0,3}(?:is|would be|:)?\s*[:\-]?\s*(yes|no)\b"
 )
 _LEADING_YES_NO = re.compile(r"^(yes|no|true|false)\b")
+# "Yes and no", "yes or no": a hedge, not an answer.
+_HEDGE = re.compile(r"^(?:yes|no)\s+(?:and|or)\s+(?:yes|no)\b")
 _YES_NO_WORD = re.compile(r"\b(yes|no)\b")
 _TRUE_FALSE = {"yes": "yes", "no": "no", "true": "yes", "false": "no"}
 
@@ -95,6 +97,8 @@ def extract_yes_no(reply: str) -> Optional[str]:
     """Read "yes" or "no" from a free-form reply, or None when it says neither or both."""
     text = _clean(reply).lower()
     if not text:
+        return None
+    if _HEDGE.match(text):
         return None
     m = _LEADING_YES_NO.match(text)
     if m:

@@ -1,0 +1,241 @@
+"""`eyecare bench ...` and `python -m eyecare.bench ...`: run, score and compare Eyecare-Bench runs.
+
+Sub-commands:
+  run       ask a model every record of a dataset (resumable), then write the report
+  report    score an existing predictions file (or run folder) again
+  compare   put two reports side by side
+  validate  check a dataset and its images without running anything
+  sample    write the synthetic sample set to a folder
+
+Each sub-command stores its handler as `func` in the parsed namespace and returns an exit code:
+0 success, 1 a problem reported on one line (bad dataset, missing image, unwritable output, no
+model), 2 bad command-line usage (argparse), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .errors import BenchError
+
+PREDICTIONS = "predictions.jsonl"
+
+
+def _repo_sample() -> Path:
+    # In a source checkout the shipped sample sits at examples/bench/ beside the package.
+    return Path(__file__).resolve().parents[2] / "examples" / "bench" / "synthetic_sample.jsonl"
+
+
+def default_dataset() -> Path:
+    """The synthetic sample set: the shipped copy in a checkout, else one generated into the user cache."""
+    shipped = _repo_sample()
+    if shipped.is_file():
+        return shipped
+    from .synthetic import write_sample_set
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eyecare" / "bench-sample"
+    jsonl = cache / "synthetic_sample.jsonl"
+    if not jsonl.is_file():
+        write_sample_set(cache)
+    return jsonl
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+
+
+def _load_selection(args):
+    from .data import load_dataset, require_images, select
+
+    data = Path(args.data) if args.data else default_dataset()
+    if not args.data:
+        print(f"using the synthetic sample set {data} (made-up data for trying the harness)", file=sys.stderr)
+    records = load_dataset(data, image_root=args.image_root)
+    selected = select(records, tasks=args.tasks, modalities=args.modalities, limit=getattr(args, "limit", None))
+    require_images(selected)
+    return data, records, selected
+
+
+def cmd_run(args) -> int:
+    from .models import load_model
+    from .report import build_report, overall_table, write_report
+    from .runner import read_predictions, run
+
+    if args.batch_size < 1:
+        raise BenchError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    data, records, selected = _load_selection(args)
+    if not selected:
+        raise BenchError(f"{data}: no records match --tasks/--modalities/--limit")
+    model, name = load_model(args.model, args.model_factory)
+    out_dir = Path(args.output) if args.output else Path("bench-results") / _slug(name)
+    predictions = out_dir / PREDICTIONS
+    result = run(selected, model, predictions, model_name=name, batch_size=args.batch_size,
+                 progress=not args.no_progress, overwrite=args.overwrite)
+    print(f"{result.total} records: {result.resumed} already done, {result.completed} predicted now, "
+          f"{result.errors} model errors; predictions in {predictions}")
+    if args.no_report:
+        return 0
+    ids = {r.id for r in selected}
+    report = build_report([row for row in read_predictions(predictions) if row["id"] in ids], source=str(predictions))
+    paths = write_report(report, out_dir, plots=not args.no_plots)
+    print(overall_table(report))
+    print(f"report: {', '.join(str(p) for p in paths[:3])}" + (f" and {len(paths) - 3} charts" if len(paths) > 3 else ""))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report, overall_table, write_report
+    from .runner import read_predictions
+
+    source = Path(args.predictions)
+    path = source / PREDICTIONS if source.is_dir() else source
+    if not path.is_file():
+        raise BenchError(f"{path}: no such predictions file")
+    rows = read_predictions(path)
+    if not rows:
+        raise BenchError(f"{path}: holds no predictions")
+    report = build_report(rows, source=str(path))
+    paths = write_report(report, Path(args.output) if args.output else path.parent, plots=not args.no_plots)
+    print(overall_table(report))
+    print(f"report: {', '.join(str(p) for p in paths[:3])}" + (f" and {len(paths) - 3} charts" if len(paths) > 3 else ""))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .report import compare_reports, load_report
+
+    names = args.names or [Path(args.a).stem if not Path(args.a).is_dir() else Path(args.a).name,
+                           Path(args.b).stem if not Path(args.b).is_dir() else Path(args.b).name]
+    if names[0] == names[1]:
+        names = [f"A ({names[0]})", f"B ({names[1]})"]
+    text = compare_reports(load_report(args.a), load_report(args.b), names)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise BenchError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    print(text, end="")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from collections import Counter
+
+    data, records, selected = _load_selection(args)
+    counts = Counter((r.task, r.modality) for r in selected)
+    print(f"{data}: {len(records)} records valid, {len(selected)} selected, all images present")
+    for (task, modality), n in sorted(counts.items()):
+        print(f"  {task:7s} {modality:22s} {n}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .synthetic import write_sample_set
+
+    try:
+        path = write_sample_set(args.folder)
+    except OSError as exc:
+        raise BenchError(f"cannot write the sample set to {args.folder}: {exc.strerror or exc}") from None
+    print(f"wrote the synthetic sample set: {path}")
+    return 0
+
+
+def _guard(handler):
+    """Turn the errors a user can fix into one line on stderr and an exit code."""
+    def wrapped(args) -> int:
+        try:
+            return handler(args)
+        except BenchError as exc:
+            print(f"eyecare bench: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("eyecare bench: interrupted; rerun the same command to resume", file=sys.stderr)
+            return 130
+    return wrapped
+
+
+def _add_data_options(p) -> None:
+    p.add_argument("--data", metavar="PATH",
+                   help="dataset: our JSONL schema or LLaVA conversation JSON (default: the synthetic sample set)")
+    p.add_argument("--image-root", metavar="DIR", help="folder that relative image paths are resolved against "
+                   "(default: the dataset file's folder)")
+    p.add_argument("--tasks", action="append", metavar="LIST", help="only these tasks: closed, open, report "
+                   "(comma-separated or repeated)")
+    p.add_argument("--modalities", action="append", metavar="LIST",
+                   help="only these modalities, e.g. oct,fundus (comma-separated or repeated)")
+
+
+def _add_commands(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run a model on a dataset and write predictions and the report",
+                       description="Ask the model every selected record, appending each prediction to "
+                       "OUTPUT/predictions.jsonl as it is made; rerun the same command to resume. Then "
+                       "write OUTPUT/report.{md,csv,json} and OUTPUT/plots/*.png.")
+    _add_data_options(p)
+    p.add_argument("--model", metavar="DIR|BASELINE",
+                   help="an EyecareGPT checkpoint folder, or a built-in baseline (not a real model): "
+                   "echo, baseline:yes, baseline:no")
+    p.add_argument("--model-factory", metavar="MODULE:CALLABLE",
+                   help="any model: CALLABLE() must return an object with chat(question, images=[paths])")
+    p.add_argument("--output", metavar="DIR", help="run folder (default: bench-results/<model name>)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N selected records")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="records per model.generate() call when the model has one (default 8)")
+    p.add_argument("--overwrite", action="store_true", help="discard existing predictions instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="only write predictions")
+    p.add_argument("--no-plots", action="store_true", help="write the report without charts")
+    p.set_defaults(func=_guard(cmd_run))
+
+    p = sub.add_parser("report", help="score a predictions file again",
+                       description="Score a predictions file (or the one in a run folder) and write "
+                       "report.{md,csv,json} and plots/*.png next to it or into --output.")
+    p.add_argument("predictions", metavar="PREDICTIONS", help="predictions.jsonl or a run folder")
+    p.add_argument("--output", metavar="DIR", help="where to write the report (default: beside the predictions)")
+    p.add_argument("--no-plots", action="store_true", help="write the report without charts")
+    p.set_defaults(func=_guard(cmd_report))
+
+    p = sub.add_parser("compare", help="put two runs side by side",
+                       description="Print (and with --output, save) a Markdown table of every metric of "
+                       "two reports as 'A → B (B − A)'.")
+    p.add_argument("a", metavar="A", help="report.json or a run folder")
+    p.add_argument("b", metavar="B", help="report.json or a run folder")
+    p.add_argument("--names", nargs=2, metavar=("NAME_A", "NAME_B"), help="column names (default: file names)")
+    p.add_argument("--output", metavar="FILE", help="also write the comparison to FILE")
+    p.set_defaults(func=_guard(cmd_compare))
+
+    p = sub.add_parser("validate", help="check a dataset and its images",
+                       description="Load and validate a dataset, check that every image exists, and "
+                       "print the record counts per task and modality.")
+    _add_data_options(p)
+    p.set_defaults(func=_guard(cmd_validate))
+
+    p = sub.add_parser("sample", help="write the synthetic sample set",
+                       description="Write the synthetic sample set (made-up images and questions for "
+                       "every task and modality) into FOLDER.")
+    p.add_argument("folder", metavar="FOLDER")
+    p.set_defaults(func=_guard(cmd_sample))
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the `bench` command to the top-level `eyecare` CLI's subparsers.
+
+    The top-level CLI then runs the chosen sub-command with `sys.exit(args.func(args))`.
+    """
+    parser = subparsers.add_parser("bench", help="score a model on Eyecare-Bench",
+                                   description="Score a vision-language model on Eyecare-Bench.")
+    _add_commands(parser)
+    return parser
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="eyecare bench", description="Score a vision-language model on Eyecare-Bench.")
+    _add_commands(parser)
+    args = parser.parse_args(argv)
+    return args.func(args)
