@@ -1,6 +1,6 @@
-/* Shared by the Python binding files (py_*.c): the NumPy C API set-up and the mapping from the core's
- * ec_status codes to Python exceptions. Each py_*.c file exports one PyMethodDef table that
- * py_module.c puts into the module. */
+/* Shared by the Python binding files (py_*.c): the NumPy C API set-up, the mapping from the core's
+ * ec_status codes to Python exceptions, and the default device context. Each py_*.c file exports one
+ * PyMethodDef table that py_module.c puts into the module. */
 #ifndef EC_PY_COMMON_H
 #define EC_PY_COMMON_H
 
@@ -15,6 +15,7 @@
 #include <numpy/arrayobject.h>
 
 #include "errors.h"
+#include "vk_context.h"
 
 /* The exception classes, created in py_module.c (all derive from eyecare.EyecareError):
  * FormatError (also a ValueError), NoDeviceError, DeviceError, DeviceMemoryError (also a MemoryError). */
@@ -28,16 +29,32 @@ PyObject *ec_py_raise(ec_status s);
 #define EC_NOGIL(status_var, call) \
     do { Py_BEGIN_ALLOW_THREADS status_var = (call); Py_END_ALLOW_THREADS } while (0)
 
+/* Runs `work` with the GIL released and the context locked, so that threads take turns on the device;
+ * on failure whatever was recorded is dropped. */
+#define EC_DEVICE_CALL(ctx, status_var, work)        \
+    do {                                              \
+        Py_BEGIN_ALLOW_THREADS                        \
+        pthread_mutex_lock(&(ctx)->lock);             \
+        status_var = (work);                          \
+        if (status_var) ec_batch_abort(ctx);          \
+        pthread_mutex_unlock(&(ctx)->lock);           \
+        Py_END_ALLOW_THREADS                          \
+    } while (0)
+
 /* The default context (created on first use from EYECARE_DEVICE, EYECARE_VALIDATE,
  * EYECARE_MAX_DEVICE_MEMORY); NULL with a Python exception set when there is no usable device. */
-struct ec_context;
-struct ec_context *ec_py_context(void);
-/* Wraps a device tensor in an eyecare._core.Tensor, which owns it from then on (NULL on error). */
+ec_context *ec_py_context(void);
+
+/* Wraps a device tensor (ec_tensor *) in an eyecare._core.Tensor, which owns it from then on. */
 PyObject *ec_py_tensor_wrap(void *tensor);
+/* The ec_tensor * inside an eyecare._core.Tensor (NULL with TypeError/ValueError set otherwise);
+ * Py_None gives NULL without an error when allow_none. */
+void *ec_py_tensor_get(PyObject *obj, int allow_none);
+int ec_py_tensor_type_init(PyObject *module); /* adds eyecare._core.Tensor */
 
 /* Method tables are weak while the binding files are being written in parallel; a missing table is skipped. */
-extern PyMethodDef ec_py_device_methods[] __attribute__((weak));      /* py_device.c: devices(), context */
-extern PyMethodDef ec_py_tensor_methods[] __attribute__((weak));      /* py_tensor.c: the Tensor type's module functions */
+extern PyMethodDef ec_py_device_methods[] __attribute__((weak));      /* py_device.c: devices, context */
+extern PyMethodDef ec_py_tensor_methods[] __attribute__((weak));      /* py_tensor.c: creating tensors */
 extern PyMethodDef ec_py_ops_methods[] __attribute__((weak));         /* py_ops.c: one function per op, for tests */
 extern PyMethodDef ec_py_safetensors_methods[] __attribute__((weak)); /* py_safetensors.c */
 extern PyMethodDef ec_py_image_methods[] __attribute__((weak));       /* py_image.c */

@@ -628,7 +628,7 @@ ec_status ec_pipeline_get(ec_context *ctx, int kernel, const uint32_t spec[8], e
 {
     for (ec_pipeline *p = ctx->pipelines; p; p = p->next)
         if (p->kernel == kernel && memcmp(p->spec, spec, sizeof p->spec) == 0) { *out = p; return EC_OK; }
-    ec_kernel_layout *l;
+    ec_kernel_layout *l = NULL;
     EC_TRY(kernel_layout(ctx, kernel, &l));
     const ec_kernel_def *k = &ec_kernels[kernel];
     VkShaderModuleCreateInfo smi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = k->spirv_bytes, .pCode = k->spirv};

@@ -1,0 +1,479 @@
+#include "ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "shaders_spv.h"
+
+/* ------------------------------------------------------------------------------------------------
+ * The kernel table: shader, bindings ('S' storage buffer, 'T' texel view) and push-constant bytes. */
+
+#define KERNEL(name, bindings, push) {#name, ec_spv_##name, sizeof ec_spv_##name, bindings, push}
+enum { K_MATMUL, K_MATVEC, K_ADD, K_NORM, K_ACTIVATION, K_SOFTMAX, K_ROPE, K_ATTENTION, K_EMBEDDING,
+       K_COPY2D, K_POOL2D, K_ARGMAX, K_PATCHIFY };
+const ec_kernel_def ec_kernels[] = {
+    KERNEL(matmul, "STTS", 32),     KERNEL(matvec, "TTTS", 32),  KERNEL(add, "SSS", 28),
+    KERNEL(norm, "STTS", 24),       KERNEL(activation, "SSS", 28), KERNEL(softmax, "SS", 20),
+    KERNEL(rope, "SS", 24),         KERNEL(attention, "STTSS", 60), KERNEL(embedding, "STS", 16),
+    KERNEL(copy2d, "SS", 24),       KERNEL(pool2d, "SS", 24),    KERNEL(argmax, "SS", 12),
+    KERNEL(patchify, "SS", 20),
+};
+const int ec_kernel_count = sizeof ec_kernels / sizeof ec_kernels[0];
+
+/* ------------------------------------------------------------------------------------------------
+ * Device-dependent shapes of the work: lavapipe runs each workgroup as a loop on a CPU core, so it
+ * wants few, narrow (one 8-lane subgroup) workgroups; GPUs want many. */
+
+static int is_cpu(ec_context *ctx) { return strcmp(ctx->info.type, "cpu") == 0; }
+static uint32_t reduce_width(ec_context *ctx) { return is_cpu(ctx) ? ctx->info.subgroup_size : 256; }
+static uint32_t pointwise_width(ec_context *ctx) { return is_cpu(ctx) ? 64 : 256; }
+static uint32_t grid_limit(ec_context *ctx) { return is_cpu(ctx) ? 64 : 65535; }
+
+static uint32_t groups_for(ec_context *ctx, uint64_t items, uint32_t per_group)
+{
+    uint64_t g = (items + per_group - 1) / per_group;
+    if (g > grid_limit(ctx)) g = grid_limit(ctx);
+    return g ? (uint32_t)g : 1;
+}
+
+static uint32_t wtype(const ec_tensor *t) { return t->dtype == EC_F16 ? 1 : t->dtype == EC_BF16 ? 2 : 0; }
+
+static ec_status pipeline(ec_context *ctx, int kernel, uint32_t width, uint32_t wt, uint32_t a, uint32_t b, uint32_t c,
+                          ec_pipeline **out)
+{
+    uint32_t spec[8] = {width, wt, a, b, c, 0, 0, 0};
+    return ec_pipeline_get(ctx, kernel, spec, out);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Operand checks and bindings */
+
+static int64_t last_dim(const ec_tensor *t) { return t->shape[t->ndim - 1]; }
+static int64_t rows_of(const ec_tensor *t) { int64_t d = last_dim(t); return d ? ec_numel(t) / d : 0; }
+
+static ec_status need_f32(const ec_tensor *t, const char *what)
+{
+    if (!t) return ec_fail(EC_ERR_ARG, "%s is missing", what);
+    if (t->dtype != EC_F32) return ec_fail(EC_ERR_ARG, "%s must be float32, not %s", what, ec_dtype_name(t->dtype));
+    return EC_OK;
+}
+
+static ec_status need_weight(const ec_tensor *t, const char *what)
+{
+    if (!t) return ec_fail(EC_ERR_ARG, "%s is missing", what);
+    if (t->dtype == EC_I32) return ec_fail(EC_ERR_ARG, "%s must be float32, float16 or bfloat16, not int32", what);
+    return EC_OK;
+}
+
+static ec_status need_same_context(ec_context *ctx, const ec_tensor *t)
+{
+    if (t && t->ctx != ctx) return ec_fail(EC_ERR_ARG, "a tensor belongs to another device context");
+    return EC_OK;
+}
+
+/* Binds elements [first, first + count) of t (4-byte elements) as a storage buffer: the binding
+ * starts at the aligned offset at or below `first`, and *off says where `first` lies inside it. */
+static ec_status bind_span(ec_tensor *t, uint64_t first, uint64_t count, ec_binding *b, uint32_t *off)
+{
+    uint64_t align = t->ctx->limits.minStorageBufferOffsetAlignment;
+    uint64_t start = first * 4 / align * align, end = (first + count) * 4;
+    if (end > t->nbytes) return ec_fail(EC_ERR_ARG, "an op would read or write past the end of a %zu-byte tensor", t->nbytes);
+    if (off) *off = (uint32_t)((first * 4 - start) / 4);
+    else if (start != first * 4) return ec_fail(EC_ERR_ARG, "unaligned tensor slice");
+    return ec_bind_storage_range(t, start, end - start, b);
+}
+
+/* How many rows of `row_elems` floats fit in one storage binding (with room for the alignment slack). */
+static uint64_t rows_per_binding(ec_context *ctx, uint64_t row_elems)
+{
+    uint64_t usable = ctx->limits.maxStorageBufferRange - ctx->limits.minStorageBufferOffsetAlignment;
+    uint64_t rows = row_elems ? usable / (row_elems * 4) : UINT32_MAX;
+    return rows ? rows : 0;
+}
+
+ec_cols ec_whole(ec_tensor *t)
+{
+    ec_cols c = {t, 0, t ? (size_t)last_dim(t) : 0};
+    return c;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * matmul: the GEMM for many rows, the mat-vec for a few (decode) */
+
+#define MATVEC_MAX_ROWS 8
+
+ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate)
+{
+    EC_TRY(need_f32(x, "matmul input x")); EC_TRY(need_weight(w, "matmul weight")); EC_TRY(need_f32(y, "matmul output y"));
+    EC_TRY(need_same_context(ctx, x)); EC_TRY(need_same_context(ctx, w)); EC_TRY(need_same_context(ctx, y));
+    if (w->ndim != 2) return ec_fail(EC_ERR_ARG, "matmul weight must be 2-D [N, K], not %d-D", w->ndim);
+    int64_t M = rows_of(x), K = last_dim(x), N = w->shape[0];
+    if (w->shape[1] != K)
+        return ec_fail(EC_ERR_ARG, "matmul: x has %lld columns but the weight is [%lld, %lld]", (long long)K,
+                       (long long)w->shape[0], (long long)w->shape[1]);
+    if (last_dim(y) != N || rows_of(y) != M)
+        return ec_fail(EC_ERR_ARG, "matmul: output must be [%lld, %lld]", (long long)M, (long long)N);
+    if (bias) {
+        EC_TRY(need_weight(bias, "matmul bias")); EC_TRY(need_same_context(ctx, bias));
+        if (ec_numel(bias) != N) return ec_fail(EC_ERR_ARG, "matmul: bias has %lld values, the output %lld columns",
+                                                (long long)ec_numel(bias), (long long)N);
+    }
+    if (M == 0 || N == 0) return EC_OK;
+    if ((uint64_t)M * K > UINT32_MAX || (uint64_t)N * K > UINT32_MAX || (uint64_t)M * N > UINT32_MAX)
+        return ec_fail(EC_ERR_ARG, "matmul: operands of more than 2^32 elements");
+    ec_binding bind[4];
+    EC_TRY(ec_bind_texel(w, &bind[1]));
+    EC_TRY(ec_bind_texel(bias ? bias : w, &bind[2]));
+    uint32_t per_texel = w->dtype == EC_F32 ? 4 : 8;
+    uint32_t push[8] = {0, (uint32_t)N, (uint32_t)K, 0, 0, bias != NULL, accumulate != 0, K % per_texel == 0};
+    ec_pipeline *p;
+
+    if (M <= MATVEC_MAX_ROWS && rows_per_binding(ctx, N) >= (uint64_t)M) {
+        /* x through its texel view: rows of x start on a texel whenever K is a whole number of texels. */
+        const uint32_t rows_per_group = 16;
+        EC_TRY(pipeline(ctx, K_MATVEC, ctx->info.subgroup_size, wtype(w), bias ? wtype(bias) : 0, rows_per_group, (uint32_t)M, &p));
+        EC_TRY(ec_bind_texel(x, &bind[0]));
+        EC_TRY(bind_span(y, 0, (uint64_t)M * N, &bind[3], &push[4]));
+        push[0] = (uint32_t)M;
+        return ec_dispatch(ctx, p, bind, push, (uint32_t)((N + rows_per_group - 1) / rows_per_group), 1, 1);
+    }
+
+    const uint32_t TM = 4, TN = 4;
+    uint32_t width = is_cpu(ctx) ? ctx->info.subgroup_size : 64;
+    EC_TRY(pipeline(ctx, K_MATMUL, width, wtype(w), bias ? wtype(bias) : 0, TM, TN, &p));
+    /* Rows of x and y beyond one storage binding go in chunks (e.g. the logits of a long prompt). */
+    uint64_t chunk = rows_per_binding(ctx, K > N ? K : N);
+    if (chunk == 0) return ec_fail(EC_ERR_ARG, "matmul: one row is larger than a storage binding");
+    chunk = chunk / TM * TM;
+    if (chunk == 0) chunk = 1;
+    for (int64_t r0 = 0; r0 < M; r0 += chunk) {
+        int64_t rows = M - r0 < (int64_t)chunk ? M - r0 : (int64_t)chunk;
+        EC_TRY(bind_span(x, (uint64_t)r0 * K, (uint64_t)rows * K, &bind[0], &push[3]));
+        EC_TRY(bind_span(y, (uint64_t)r0 * N, (uint64_t)rows * N, &bind[3], &push[4]));
+        push[0] = (uint32_t)rows;
+        uint32_t gx = (uint32_t)((N + width * TN - 1) / (width * TN)), gy = (uint32_t)((rows + TM - 1) / TM);
+        EC_TRY(ec_dispatch(ctx, p, bind, push, gx, gy, 1));
+    }
+    return EC_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Pointwise and row-wise ops */
+
+ec_status ec_op_add(ec_context *ctx, ec_tensor *a, ec_tensor *b, float alpha, ec_tensor *out)
+{
+    EC_TRY(need_f32(a, "add input a")); EC_TRY(need_f32(b, "add input b")); EC_TRY(need_f32(out, "add output"));
+    uint64_t n = (uint64_t)ec_numel(a), nb = (uint64_t)ec_numel(b);
+    if ((uint64_t)ec_numel(out) != n) return ec_fail(EC_ERR_ARG, "add: output has %lld elements, input %llu", (long long)ec_numel(out), (unsigned long long)n);
+    if (n == 0) return EC_OK;
+    if (nb == 0 || n % nb) return ec_fail(EC_ERR_ARG, "add: b has %llu elements, which does not divide a's %llu", (unsigned long long)nb, (unsigned long long)n);
+    ec_pipeline *p;
+    uint32_t width = pointwise_width(ctx);
+    EC_TRY(pipeline(ctx, K_ADD, width, 0, 0, 0, 0, &p));
+    uint64_t chunk = rows_per_binding(ctx, 1);
+    for (uint64_t i0 = 0; i0 < n; i0 += chunk) {
+        uint64_t cnt = n - i0 < chunk ? n - i0 : chunk;
+        ec_binding bind[3];
+        uint32_t push[7];
+        float fa = alpha;
+        EC_TRY(bind_span(a, i0, cnt, &bind[0], &push[3]));
+        EC_TRY(bind_span(out, i0, cnt, &bind[2], &push[5]));
+        if (nb == n) { EC_TRY(bind_span(b, i0, cnt, &bind[1], &push[4])); push[1] = (uint32_t)cnt; push[6] = 0; }
+        else { EC_TRY(bind_span(b, 0, nb, &bind[1], &push[4])); push[1] = (uint32_t)nb; push[6] = (uint32_t)(i0 % nb); }
+        push[0] = (uint32_t)cnt;
+        memcpy(&push[2], &fa, 4);
+        EC_TRY(ec_dispatch(ctx, p, bind, push, groups_for(ctx, cnt, width), 1, 1));
+    }
+    return EC_OK;
+}
+
+static ec_status norm(ec_context *ctx, uint32_t mode, ec_tensor *x, ec_tensor *w, ec_tensor *bias, float eps, ec_tensor *y)
+{
+    const char *name = mode ? "rmsnorm" : "layernorm";
+    EC_TRY(need_f32(x, "norm input")); EC_TRY(need_f32(y, "norm output")); EC_TRY(need_weight(w, "norm weight"));
+    int64_t cols = last_dim(x), rows = rows_of(x);
+    if (ec_numel(y) != ec_numel(x) || last_dim(y) != cols) return ec_fail(EC_ERR_ARG, "%s: output shape differs from the input's", name);
+    if (ec_numel(w) != cols) return ec_fail(EC_ERR_ARG, "%s: weight has %lld values for rows of %lld", name, (long long)ec_numel(w), (long long)cols);
+    if (bias && (need_weight(bias, "norm bias") || ec_numel(bias) != cols)) return ec_fail(EC_ERR_ARG, "%s: bias must have %lld values", name, (long long)cols);
+    if (rows == 0) return EC_OK;
+    if (w->dtype != (bias ? bias : w)->dtype) return ec_fail(EC_ERR_ARG, "%s: weight and bias dtypes differ", name);
+    ec_pipeline *p;
+    uint32_t width = reduce_width(ctx);
+    EC_TRY(pipeline(ctx, K_NORM, width, wtype(w), mode, 0, 0, &p));
+    ec_binding bind[4];
+    EC_TRY(ec_bind_texel(w, &bind[1]));
+    EC_TRY(ec_bind_texel(bias ? bias : w, &bind[2]));
+    uint64_t chunk = rows_per_binding(ctx, cols);
+    if (!chunk) return ec_fail(EC_ERR_ARG, "%s: one row is larger than a storage binding", name);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
+        uint32_t push[6] = {(uint32_t)n, (uint32_t)cols, 0, 0, 0, bias != NULL};
+        memcpy(&push[2], &eps, 4);
+        EC_TRY(bind_span(x, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[0], &push[3]));
+        EC_TRY(bind_span(y, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[3], &push[4]));
+        EC_TRY(ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)n, 1), 1, 1));
+    }
+    return EC_OK;
+}
+
+ec_status ec_op_layernorm(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, float eps, ec_tensor *y)
+{
+    return norm(ctx, 0, x, w, bias, eps, y);
+}
+
+ec_status ec_op_rmsnorm(ec_context *ctx, ec_tensor *x, ec_tensor *w, float eps, ec_tensor *y)
+{
+    return norm(ctx, 1, x, w, NULL, eps, y);
+}
+
+/* Shared by the activations: in0 (and in1 for the gated form) are column ranges, out is dense. */
+static ec_status pointwise_rows(ec_context *ctx, uint32_t mode, ec_cols in0, ec_cols in1, ec_tensor *out, int64_t rows, int64_t cols)
+{
+    ec_pipeline *p;
+    uint32_t width = pointwise_width(ctx);
+    EC_TRY(pipeline(ctx, K_ACTIVATION, width, 0, mode, 0, 0, &p));
+    uint64_t widest = in0.stride > in1.stride ? in0.stride : in1.stride;
+    uint64_t chunk = rows_per_binding(ctx, widest > (uint64_t)cols ? widest : (uint64_t)cols);
+    if (!chunk) return ec_fail(EC_ERR_ARG, "activation: one row is larger than a storage binding");
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
+        ec_binding bind[3];
+        uint32_t push[7] = {(uint32_t)n, (uint32_t)cols, 0, (uint32_t)in0.stride, 0, (uint32_t)in1.stride, 0};
+        EC_TRY(bind_span(in0.t, in0.off + (uint64_t)r0 * in0.stride, (uint64_t)(n - 1) * in0.stride + cols, &bind[0], &push[2]));
+        EC_TRY(bind_span(in1.t, in1.off + (uint64_t)r0 * in1.stride, (uint64_t)(n - 1) * in1.stride + cols, &bind[1], &push[4]));
+        EC_TRY(bind_span(out, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[2], &push[6]));
+        EC_TRY(ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)n * cols, width), 1, 1));
+    }
+    return EC_OK;
+}
+
+ec_status ec_op_activation(ec_context *ctx, ec_activation kind, ec_tensor *x, ec_tensor *y)
+{
+    EC_TRY(need_f32(x, "activation input")); EC_TRY(need_f32(y, "activation output"));
+    if ((unsigned)kind > EC_SILU) return ec_fail(EC_ERR_ARG, "unknown activation %d", (int)kind);
+    if (ec_numel(x) != ec_numel(y)) return ec_fail(EC_ERR_ARG, "activation: output size differs from the input's");
+    int64_t cols = last_dim(x), rows = rows_of(x);
+    if (rows == 0 || cols == 0) return EC_OK;
+    return pointwise_rows(ctx, (uint32_t)kind, ec_whole(x), ec_whole(x), y, rows, cols);
+}
+
+static ec_status check_cols(ec_cols c, int64_t rows, int64_t cols, const char *what)
+{
+    EC_TRY(need_f32(c.t, what));
+    if (rows == 0) return EC_OK;
+    if (c.off + (uint64_t)(rows - 1) * c.stride + (uint64_t)cols > (uint64_t)ec_numel(c.t) || (int64_t)c.stride < cols)
+        return ec_fail(EC_ERR_ARG, "%s: a %lld x %lld block at offset %zu with row stride %zu does not fit its tensor",
+                       what, (long long)rows, (long long)cols, c.off, c.stride);
+    return EC_OK;
+}
+
+ec_status ec_op_silu_mul(ec_context *ctx, ec_cols gate, ec_cols up, ec_tensor *y)
+{
+    EC_TRY(need_f32(y, "silu_mul output"));
+    int64_t cols = last_dim(y), rows = rows_of(y);
+    EC_TRY(check_cols(gate, rows, cols, "silu_mul gate"));
+    EC_TRY(check_cols(up, rows, cols, "silu_mul up"));
+    if (rows == 0 || cols == 0) return EC_OK;
+    return pointwise_rows(ctx, 3, gate, up, y, rows, cols);
+}
+
+ec_status ec_op_softmax(ec_context *ctx, ec_tensor *x, float scale, ec_tensor *y)
+{
+    EC_TRY(need_f32(x, "softmax input")); EC_TRY(need_f32(y, "softmax output"));
+    int64_t cols = last_dim(x), rows = rows_of(x);
+    if (ec_numel(x) != ec_numel(y)) return ec_fail(EC_ERR_ARG, "softmax: output size differs from the input's");
+    if (rows == 0 || cols == 0) return EC_OK;
+    ec_pipeline *p;
+    uint32_t width = reduce_width(ctx);
+    EC_TRY(pipeline(ctx, K_SOFTMAX, width, 0, 0, 0, 0, &p));
+    uint64_t chunk = rows_per_binding(ctx, cols);
+    if (!chunk) return ec_fail(EC_ERR_ARG, "softmax: one row is larger than a storage binding");
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
+        ec_binding bind[2];
+        uint32_t push[5] = {(uint32_t)n, (uint32_t)cols, 0, 0, 0};
+        memcpy(&push[2], &scale, 4);
+        EC_TRY(bind_span(x, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[0], &push[3]));
+        EC_TRY(bind_span(y, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[1], &push[4]));
+        EC_TRY(ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)n, 1), 1, 1));
+    }
+    return EC_OK;
+}
+
+ec_status ec_op_rope(ec_context *ctx, ec_cols x, int64_t tokens, int n_heads, int head_dim, int rot_dim, ec_tensor *cos_sin)
+{
+    EC_TRY(need_f32(cos_sin, "rope cos/sin table"));
+    if (rot_dim <= 0 || rot_dim > head_dim || rot_dim % 2)
+        return ec_fail(EC_ERR_ARG, "rope: rotary dimension %d must be even and at most the head dimension %d", rot_dim, head_dim);
+    if (n_heads <= 0) return ec_fail(EC_ERR_ARG, "rope: %d heads", n_heads);
+    EC_TRY(check_cols(x, tokens, (int64_t)n_heads * head_dim, "rope input"));
+    if (ec_numel(cos_sin) < tokens * rot_dim) return ec_fail(EC_ERR_ARG, "rope: the cos/sin table must be [%lld, %d]", (long long)tokens, rot_dim);
+    if (tokens == 0) return EC_OK;
+    ec_pipeline *p;
+    uint32_t width = pointwise_width(ctx);
+    EC_TRY(pipeline(ctx, K_ROPE, width, 0, 0, 0, 0, &p));
+    ec_binding bind[2];
+    uint32_t push[6] = {(uint32_t)tokens, (uint32_t)n_heads, (uint32_t)head_dim, (uint32_t)rot_dim, 0, (uint32_t)x.stride};
+    EC_TRY(bind_span(x.t, x.off, (uint64_t)(tokens - 1) * x.stride + (uint64_t)n_heads * head_dim, &bind[0], &push[4]));
+    EC_TRY(bind_span(cos_sin, 0, (uint64_t)tokens * rot_dim, &bind[1], NULL));
+    return ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)tokens * n_heads * (rot_dim / 2), width), 1, 1);
+}
+
+ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
+{
+    int64_t B = a->batch, T = a->tokens, S = a->kv_rows;
+    int H = a->n_heads, Hkv = a->n_kv_heads, D = a->head_dim;
+    if (H <= 0 || Hkv <= 0 || H % Hkv) return ec_fail(EC_ERR_ARG, "attention: %d query heads cannot share %d key/value heads", H, Hkv);
+    if (D <= 0 || D > 256) return ec_fail(EC_ERR_ARG, "attention: head dimension %d is outside 1..256", D);
+    if (B <= 0 || T <= 0) return EC_OK;
+    EC_TRY(check_cols(a->q, B * T, (int64_t)H * D, "attention q"));
+    EC_TRY(check_cols(a->out, B * T, (int64_t)H * D, "attention output"));
+    EC_TRY(check_cols(a->k, B * S, (int64_t)Hkv * D, "attention k"));
+    EC_TRY(check_cols(a->v, B * S, (int64_t)Hkv * D, "attention v"));
+    if (!a->lengths || a->lengths->dtype != EC_I32 || ec_numel(a->lengths) < B)
+        return ec_fail(EC_ERR_ARG, "attention: lengths must be an int32 tensor of %lld values", (long long)B);
+    ec_pipeline *p;
+    uint32_t width = ctx->info.subgroup_size;
+    EC_TRY(pipeline(ctx, K_ATTENTION, width, 0, (uint32_t)D, 0, 0, &p));
+    ec_binding bind[5];
+    uint32_t push[15] = {(uint32_t)T, (uint32_t)H, (uint32_t)Hkv, a->causal != 0,
+                         0, (uint32_t)a->q.stride, (uint32_t)(T * a->q.stride),
+                         (uint32_t)a->k.off, (uint32_t)a->v.off, (uint32_t)a->k.stride, (uint32_t)(S * a->k.stride),
+                         0, (uint32_t)a->out.stride, (uint32_t)(T * a->out.stride), 0};
+    if (a->k.stride != a->v.stride) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same row stride");
+    memcpy(&push[14], &a->scale, 4);
+    EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B * T - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &push[4]));
+    EC_TRY(ec_bind_texel(a->k.t, &bind[1]));
+    EC_TRY(ec_bind_texel(a->v.t, &bind[2]));
+    EC_TRY(bind_span(a->lengths, 0, (uint64_t)B, &bind[3], NULL));
+    EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B * T - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &push[11]));
+    return ec_dispatch(ctx, p, bind, push, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)B);
+}
+
+ec_status ec_op_embedding(ec_context *ctx, ec_tensor *ids, ec_tensor *table, ec_tensor *out)
+{
+    EC_TRY(need_weight(table, "embedding table")); EC_TRY(need_f32(out, "embedding output"));
+    if (!ids || ids->dtype != EC_I32) return ec_fail(EC_ERR_ARG, "embedding: ids must be int32");
+    if (table->ndim != 2) return ec_fail(EC_ERR_ARG, "embedding: the table must be 2-D [vocab, dim]");
+    int64_t T = ec_numel(ids), V = table->shape[0], D = table->shape[1];
+    if (ec_numel(out) != T * D) return ec_fail(EC_ERR_ARG, "embedding: output must be [%lld, %lld]", (long long)T, (long long)D);
+    if (T == 0) return EC_OK;
+    ec_pipeline *p;
+    uint32_t width = pointwise_width(ctx);
+    EC_TRY(pipeline(ctx, K_EMBEDDING, width, wtype(table), 0, 0, 0, &p));
+    ec_binding bind[3];
+    uint32_t push[4] = {(uint32_t)T, (uint32_t)D, (uint32_t)V, 0};
+    EC_TRY(bind_span(ids, 0, (uint64_t)T, &bind[0], NULL));
+    EC_TRY(ec_bind_texel(table, &bind[1]));
+    EC_TRY(bind_span(out, 0, (uint64_t)T * D, &bind[2], &push[3]));
+    return ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)T * D, width), 1, 1);
+}
+
+ec_status ec_op_copy(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols)
+{
+    EC_TRY(check_cols(src, rows, cols, "copy source"));
+    EC_TRY(check_cols(dst, rows, cols, "copy destination"));
+    if (rows == 0 || cols == 0) return EC_OK;
+    ec_pipeline *p;
+    uint32_t width = pointwise_width(ctx);
+    EC_TRY(pipeline(ctx, K_COPY2D, width, 0, 0, 0, 0, &p));
+    uint64_t widest = src.stride > dst.stride ? src.stride : dst.stride;
+    uint64_t chunk = rows_per_binding(ctx, widest);
+    if (!chunk) return ec_fail(EC_ERR_ARG, "copy: one row is larger than a storage binding");
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
+        ec_binding bind[2];
+        uint32_t push[6] = {(uint32_t)n, (uint32_t)cols, 0, (uint32_t)src.stride, 0, (uint32_t)dst.stride};
+        EC_TRY(bind_span(src.t, src.off + (uint64_t)r0 * src.stride, (uint64_t)(n - 1) * src.stride + cols, &bind[0], &push[2]));
+        EC_TRY(bind_span(dst.t, dst.off + (uint64_t)r0 * dst.stride, (uint64_t)(n - 1) * dst.stride + cols, &bind[1], &push[4]));
+        EC_TRY(ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)n * cols, width), 1, 1));
+    }
+    return EC_OK;
+}
+
+ec_status ec_op_concat(ec_context *ctx, ec_tensor **parts, int n, ec_tensor *out)
+{
+    EC_TRY(need_f32(out, "concat output"));
+    int64_t rows = rows_of(out), col = 0;
+    for (int i = 0; i < n; i++) {
+        EC_TRY(need_f32(parts[i], "concat input"));
+        if (rows_of(parts[i]) != rows) return ec_fail(EC_ERR_ARG, "concat: input %d has %lld rows, the output %lld", i, (long long)rows_of(parts[i]), (long long)rows);
+        col += last_dim(parts[i]);
+    }
+    if (col != last_dim(out)) return ec_fail(EC_ERR_ARG, "concat: inputs have %lld columns in all, the output %lld", (long long)col, (long long)last_dim(out));
+    col = 0;
+    for (int i = 0; i < n; i++) {
+        ec_cols dst = {out, (size_t)col, (size_t)last_dim(out)};
+        EC_TRY(ec_op_copy(ctx, ec_whole(parts[i]), dst, rows, last_dim(parts[i])));
+        col += last_dim(parts[i]);
+    }
+    return EC_OK;
+}
+
+ec_status ec_op_pool2d(ec_context *ctx, ec_tensor *x, int64_t batch, int h, int w, int oh, int ow, ec_tensor *y)
+{
+    EC_TRY(need_f32(x, "pool2d input")); EC_TRY(need_f32(y, "pool2d output"));
+    if (h <= 0 || w <= 0 || oh <= 0 || ow <= 0 || oh > h || ow > w)
+        return ec_fail(EC_ERR_ARG, "pool2d: cannot pool a %d x %d grid to %d x %d", h, w, oh, ow);
+    int64_t C = last_dim(x);
+    if (ec_numel(x) != batch * h * w * C) return ec_fail(EC_ERR_ARG, "pool2d: input must be [%lld, %d, %lld]", (long long)batch, h * w, (long long)C);
+    if (ec_numel(y) != batch * oh * ow * C) return ec_fail(EC_ERR_ARG, "pool2d: output must be [%lld, %d, %lld]", (long long)batch, oh * ow, (long long)C);
+    if (batch == 0 || C == 0) return EC_OK;
+    ec_pipeline *p;
+    uint32_t width = pointwise_width(ctx);
+    EC_TRY(pipeline(ctx, K_POOL2D, width, 0, 0, 0, 0, &p));
+    ec_binding bind[2];
+    EC_TRY(ec_bind_storage(x, &bind[0]));
+    EC_TRY(ec_bind_storage(y, &bind[1]));
+    uint32_t push[6] = {(uint32_t)batch, (uint32_t)h, (uint32_t)w, (uint32_t)C, (uint32_t)oh, (uint32_t)ow};
+    return ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)ec_numel(y), width), 1, 1);
+}
+
+ec_status ec_op_argmax(ec_context *ctx, ec_tensor *x, ec_tensor *out)
+{
+    EC_TRY(need_f32(x, "argmax input"));
+    if (!out || out->dtype != EC_I32) return ec_fail(EC_ERR_ARG, "argmax: output must be int32");
+    int64_t rows = rows_of(x), cols = last_dim(x);
+    if (ec_numel(out) != rows) return ec_fail(EC_ERR_ARG, "argmax: output must have %lld values", (long long)rows);
+    if (rows == 0) return EC_OK;
+    if (cols == 0) return ec_fail(EC_ERR_ARG, "argmax of an empty row");
+    ec_pipeline *p;
+    uint32_t width = reduce_width(ctx);
+    EC_TRY(pipeline(ctx, K_ARGMAX, width, 0, 0, 0, 0, &p));
+    ec_binding bind[2];
+    uint32_t push[3] = {(uint32_t)rows, (uint32_t)cols, 0};
+    EC_TRY(bind_span(x, 0, (uint64_t)rows * cols, &bind[0], &push[2]));
+    EC_TRY(ec_bind_storage(out, &bind[1]));
+    return ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)rows, 1), 1, 1);
+}
+
+ec_status ec_op_patchify(ec_context *ctx, ec_tensor *pixels, int patch, ec_tensor *out)
+{
+    EC_TRY(need_f32(pixels, "patchify input")); EC_TRY(need_f32(out, "patchify output"));
+    if (pixels->ndim != 4 || pixels->shape[2] != pixels->shape[3])
+        return ec_fail(EC_ERR_ARG, "patchify: pixels must be [B, C, S, S]");
+    int64_t B = pixels->shape[0], C = pixels->shape[1], S = pixels->shape[2];
+    if (patch <= 0 || S % patch) return ec_fail(EC_ERR_ARG, "patchify: image size %lld is not a multiple of the patch size %d", (long long)S, patch);
+    int64_t G = S / patch;
+    if (ec_numel(out) != B * G * G * C * patch * patch) return ec_fail(EC_ERR_ARG, "patchify: output must be [%lld, %lld]", (long long)(B * G * G), (long long)(C * patch * patch));
+    if (B == 0) return EC_OK;
+    ec_pipeline *p;
+    uint32_t width = pointwise_width(ctx);
+    EC_TRY(pipeline(ctx, K_PATCHIFY, width, 0, 0, 0, 0, &p));
+    ec_binding bind[2];
+    EC_TRY(ec_bind_storage(pixels, &bind[0]));
+    EC_TRY(ec_bind_storage(out, &bind[1]));
+    uint32_t push[5] = {(uint32_t)B, (uint32_t)C, (uint32_t)S, (uint32_t)patch, (uint32_t)G};
+    return ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)ec_numel(out), width), 1, 1);
+}
+
+ec_status ec_op_zero(ec_context *ctx, ec_tensor *t)
+{
+    EC_TRY(ec_batch_begin(ctx));
+    vkCmdFillBuffer(ctx->cmd, t->mem.buffer, t->mem.offset, t->mem.size, 0);
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
+    vkCmdPipelineBarrier(ctx->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    return EC_OK;
+}

@@ -1,0 +1,72 @@
+/* The ops: one C function per shader in shaders/, each checking its operands and recording one (or,
+ * for tensors past maxStorageBufferRange, a few) dispatches into the context's open batch.
+ *
+ * Activations are f32. Weights (w, bias, norm weights, embedding tables) may be f32, f16 or bf16 and
+ * are read in their stored dtype. Shapes: a tensor of any rank is seen as [rows, last dimension]. */
+#ifndef EC_OPS_H
+#define EC_OPS_H
+
+#include "tensor.h"
+
+/* A column range of a row-major f32 tensor: element (r, c) is t[off + r * stride + c]. Lets ops read
+ * q, k and v straight out of a fused qkv projection, or write into a slice of a bigger tensor. */
+typedef struct {
+    ec_tensor *t;
+    size_t off, stride;
+} ec_cols;
+
+ec_cols ec_whole(ec_tensor *t); /* off 0, stride = last dimension */
+
+/* y[M,N] = x[M,K] w[N,K]^T + bias[N] (bias may be NULL); with accumulate, y += that instead. */
+ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate);
+
+/* out = a + alpha * b, with b repeated when it has fewer elements (its count must divide a's). */
+ec_status ec_op_add(ec_context *ctx, ec_tensor *a, ec_tensor *b, float alpha, ec_tensor *out);
+
+ec_status ec_op_layernorm(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, float eps, ec_tensor *y);
+ec_status ec_op_rmsnorm(ec_context *ctx, ec_tensor *x, ec_tensor *w, float eps, ec_tensor *y);
+
+typedef enum { EC_GELU_TANH = 0, EC_GELU_ERF = 1, EC_SILU = 2 } ec_activation;
+ec_status ec_op_activation(ec_context *ctx, ec_activation kind, ec_tensor *x, ec_tensor *y);
+/* y[M,F] = silu(gate) * up, where gate and up are [M,F] column ranges (e.g. the halves of Phi-3's
+ * fused gate_up output). */
+ec_status ec_op_silu_mul(ec_context *ctx, ec_cols gate, ec_cols up, ec_tensor *y);
+
+ec_status ec_op_softmax(ec_context *ctx, ec_tensor *x, float scale, ec_tensor *y);
+
+/* In place on the heads in x: rows are tokens, each n_heads * head_dim floats from the column range;
+ * cos_sin is [tokens, rot_dim] f32, cos in the first half, sin in the second (rot_dim <= head_dim). */
+ec_status ec_op_rope(ec_context *ctx, ec_cols x, int64_t tokens, int n_heads, int head_dim, int rot_dim, ec_tensor *cos_sin);
+
+typedef struct {
+    ec_cols q, k, v, out;  /* q/out rows: (b, t) -> row b*T + t; k/v rows: (b, s) -> row b*kv_rows + s */
+    int64_t batch, tokens; /* B sequences of T query tokens */
+    int64_t kv_rows;       /* rows of k/v per sequence (cache capacity, or T for self-attention) */
+    int n_heads, n_kv_heads, head_dim;
+    int causal;
+    float scale;
+    ec_tensor *lengths;    /* int32 [B]: keys present per sequence (after appending this step's) */
+} ec_attention_args;
+ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a);
+
+/* out[t,:] = table[ids[t],:]; ids int32 [T] (checked against the vocabulary by the caller). */
+ec_status ec_op_embedding(ec_context *ctx, ec_tensor *ids, ec_tensor *table, ec_tensor *out);
+
+/* Copies a rows x cols block from src to dst (both column ranges): concat, KV append, slicing. */
+ec_status ec_op_copy(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols);
+/* out = [a | b | c ...] along the last axis. */
+ec_status ec_op_concat(ec_context *ctx, ec_tensor **parts, int n, ec_tensor *out);
+
+/* x [B, H*W, C] -> y [B, OH*OW, C] (torch adaptive_avg_pool2d over each item's token grid). */
+ec_status ec_op_pool2d(ec_context *ctx, ec_tensor *x, int64_t batch, int h, int w, int oh, int ow, ec_tensor *y);
+
+/* out int32 [rows] = argmax over the last axis of x. */
+ec_status ec_op_argmax(ec_context *ctx, ec_tensor *x, ec_tensor *out);
+
+/* pixels [B, C, S, S] -> patches [B * (S/P)^2, C * P * P] for the patch-embedding matmul. */
+ec_status ec_op_patchify(ec_context *ctx, ec_tensor *pixels, int patch, ec_tensor *out);
+
+/* Sets every byte of t to zero. */
+ec_status ec_op_zero(ec_context *ctx, ec_tensor *t);
+
+#endif

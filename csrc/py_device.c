@@ -1,0 +1,150 @@
+/* eyecare._core: the devices and the default context. */
+#include "py_common.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "vk_context.h"
+
+int ec_validation_message_count(void);
+
+static ec_context *default_context;
+
+/* "1234", "512M", "8G" -> bytes; 0 for unset. */
+static int parse_bytes(const char *text, uint64_t *out)
+{
+    if (!text || !*text) { *out = 0; return 0; }
+    char *end;
+    double v = strtod(text, &end);
+    double unit = 1;
+    if (*end == 'k' || *end == 'K') unit = 1024.0, end++;
+    else if (*end == 'm' || *end == 'M') unit = 1024.0 * 1024, end++;
+    else if (*end == 'g' || *end == 'G') unit = 1024.0 * 1024 * 1024, end++;
+    if (*end == 'i' || *end == 'I') end++;
+    if (*end == 'b' || *end == 'B') end++;
+    if (*end || v < 0) return -1;
+    *out = (uint64_t)(v * unit);
+    return 0;
+}
+
+ec_context *ec_py_context(void)
+{
+    if (default_context) return default_context;
+    uint64_t budget;
+    const char *limit = getenv("EYECARE_MAX_DEVICE_MEMORY");
+    if (parse_bytes(limit, &budget)) {
+        PyErr_Format(PyExc_ValueError, "EYECARE_MAX_DEVICE_MEMORY=%s is not a size (examples: 4G, 512M, 1073741824)", limit);
+        return NULL;
+    }
+    const char *validate = getenv("EYECARE_VALIDATE");
+    int validation = validate && *validate && strcmp(validate, "0") != 0;
+    ec_status s;
+    ec_context *ctx = NULL;
+    EC_NOGIL(s, ec_context_create(getenv("EYECARE_DEVICE"), validation, budget, &ctx));
+    if (s) { ec_py_raise(s); return NULL; }
+    default_context = ctx;
+    return ctx;
+}
+
+static PyObject *info_dict(const ec_device_info *d)
+{
+    char version[32];
+    snprintf(version, sizeof version, "%u.%u.%u", VK_API_VERSION_MAJOR(d->api_version), VK_API_VERSION_MINOR(d->api_version),
+             VK_API_VERSION_PATCH(d->api_version));
+    return Py_BuildValue("{s:s,s:s,s:I,s:I,s:s,s:K,s:I,s:I,s:I,s:I,s:I}", "name", d->name, "type", d->type,
+                         "vendor_id", d->vendor_id, "device_id", d->device_id, "api_version", version,
+                         "memory_bytes", (unsigned long long)d->memory_bytes, "subgroup_size", d->subgroup_size,
+                         "max_storage_buffer_range", d->max_storage_buffer_range,
+                         "max_texel_buffer_elements", d->max_texel_buffer_elements, "max_shared_memory", d->max_shared_memory,
+                         "max_workgroup_invocations", d->max_workgroup_invocations);
+}
+
+static void set_item(PyObject *d, const char *key, PyObject *value)
+{
+    if (value) { PyDict_SetItemString(d, key, value); Py_DECREF(value); }
+}
+
+static PyObject *py_devices(PyObject *self, PyObject *args)
+{
+    ec_device_info infos[16];
+    int n = 0;
+    ec_status s;
+    EC_NOGIL(s, ec_list_devices(infos, 16, &n));
+    if (s) return ec_py_raise(s);
+    PyObject *list = PyList_New(0);
+    for (int i = 0; list && i < n && i < 16; i++) {
+        PyObject *d = info_dict(&infos[i]);
+        if (!d || PyList_Append(list, d) < 0) { Py_XDECREF(d); Py_DECREF(list); return NULL; }
+        set_item(d, "index", PyLong_FromLong(i));
+        Py_DECREF(d);
+    }
+    return list;
+}
+
+static PyObject *py_device_info(PyObject *self, PyObject *args)
+{
+    ec_context *ctx = ec_py_context();
+    if (!ctx) return NULL;
+    PyObject *d = info_dict(&ctx->info);
+    if (d) {
+        set_item(d, "validation", PyBool_FromLong(ctx->validation));
+        set_item(d, "memory_in_use", PyLong_FromUnsignedLongLong(ctx->in_use));
+        set_item(d, "memory_reserved", PyLong_FromUnsignedLongLong(ctx->reserved));
+        set_item(d, "memory_budget", PyLong_FromUnsignedLongLong(ctx->budget));
+    }
+    return d;
+}
+
+static PyObject *py_set_memory_budget(PyObject *self, PyObject *args)
+{
+    unsigned long long bytes;
+    if (!PyArg_ParseTuple(args, "K", &bytes)) return NULL;
+    ec_context *ctx = ec_py_context();
+    if (!ctx) return NULL;
+    ctx->budget = bytes;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_validation_messages(PyObject *self, PyObject *args)
+{
+    return PyLong_FromLong(ec_validation_message_count());
+}
+
+static PyObject *py_last_batch_ms(PyObject *self, PyObject *args)
+{
+    return PyFloat_FromDouble(default_context ? default_context->last_batch_ms : 0.0);
+}
+
+static PyObject *py_begin(PyObject *self, PyObject *args)
+{
+    ec_context *ctx = ec_py_context();
+    if (!ctx) return NULL;
+    ec_status s = ec_batch_begin(ctx);
+    if (s) return ec_py_raise(s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_submit(PyObject *self, PyObject *args)
+{
+    ec_context *ctx = ec_py_context();
+    if (!ctx) return NULL;
+    ec_status s;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&ctx->lock);
+    s = ec_batch_submit(ctx);
+    pthread_mutex_unlock(&ctx->lock);
+    Py_END_ALLOW_THREADS
+    if (s) return ec_py_raise(s);
+    Py_RETURN_NONE;
+}
+
+PyMethodDef ec_py_device_methods[] = {
+    {"devices", py_devices, METH_NOARGS, "devices() -> list of dicts describing each Vulkan device."},
+    {"device_info", py_device_info, METH_NOARGS, "device_info() -> dict for the device eyecare uses (creating its context)."},
+    {"set_memory_budget", py_set_memory_budget, METH_VARARGS, "set_memory_budget(bytes): cap eyecare's device memory (0 = none)."},
+    {"validation_messages", py_validation_messages, METH_NOARGS, "Number of Vulkan validation-layer messages so far."},
+    {"last_batch_ms", py_last_batch_ms, METH_NOARGS, "Device time of the last submitted batch, in ms (timestamps)."},
+    {"begin", py_begin, METH_NOARGS, "begin(): record the following ops into one batch (until submit())."},
+    {"submit", py_submit, METH_NOARGS, "submit(): run the recorded batch and wait for it."},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,72 @@
+// Shared by every kernel. Specialization constant 0 is the workgroup width (the device's subgroup
+// size unless a kernel says otherwise); 1 is the weight dtype of the kernel's texel-buffer operand.
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 1) const uint WTYPE = 0;
+const uint W_F32 = 0u, W_F16 = 1u, W_BF16 = 2u;
+
+// Weights (and any read-only operand) are read through a uniform texel buffer of RGBA32UI: one
+// 16-byte fetch gives 4 f32 or 8 f16/bf16 values. It reaches 2 GiB, past maxStorageBufferRange.
+uint per_texel() { return WTYPE == W_F32 ? 4u : 8u; }
+
+vec2 unpack_pair_as(uint u, uint type)
+{
+    if (type == W_F16) return unpackHalf2x16(u);
+    return vec2(uintBitsToFloat(u << 16), uintBitsToFloat(u & 0xffff0000u)); // bf16: the high half of an f32
+}
+vec2 unpack_pair(uint u) { return unpack_pair_as(u, WTYPE); }
+
+// Elements 0..7 (16-bit) or 0..3 (f32, hi unused) of one texel.
+void unpack_texel(uvec4 t, out vec4 lo, out vec4 hi)
+{
+    if (WTYPE == W_F32) {
+        lo = uintBitsToFloat(t);
+        hi = vec4(0.0);
+    } else {
+        lo = vec4(unpack_pair(t.x), unpack_pair(t.y));
+        hi = vec4(unpack_pair(t.z), unpack_pair(t.w));
+    }
+}
+
+// Element e of a texel buffer holding WTYPE values (the general path for unaligned rows).
+float fetch_elem_as(usamplerBuffer buf, uint e, uint type)
+{
+    if (type == W_F32) return uintBitsToFloat(texelFetch(buf, int(e >> 2))[e & 3u]);
+    uint u = texelFetch(buf, int(e >> 3))[(e >> 1) & 3u];
+    return unpack_pair_as(u, type)[e & 1u];
+}
+float fetch_elem(usamplerBuffer buf, uint e) { return fetch_elem_as(buf, e, WTYPE); }
+
+// f32 element e of a texel buffer of f32 values (activations read as texels).
+float fetch_f32(usamplerBuffer buf, uint e) { return uintBitsToFloat(texelFetch(buf, int(e >> 2))[e & 3u]); }
+
+// Sum of v over the workgroup. One subgroup per workgroup is the fast case (lavapipe: 8 lanes);
+// devices whose workgroup spans several subgroups combine their partial sums in shared memory.
+shared float wg_partial[64];
+float workgroup_sum(float v)
+{
+    float s = subgroupAdd(v);
+    if (gl_NumSubgroups == 1) return s;
+    barrier();
+    if (subgroupElect()) wg_partial[gl_SubgroupID] = s;
+    barrier();
+    float total = 0.0;
+    for (uint i = 0; i < gl_NumSubgroups; i++) total += wg_partial[i];
+    barrier();
+    return total;
+}
+
+float workgroup_max(float v)
+{
+    float s = subgroupMax(v);
+    if (gl_NumSubgroups == 1) return s;
+    barrier();
+    if (subgroupElect()) wg_partial[gl_SubgroupID] = s;
+    barrier();
+    float m = wg_partial[0];
+    for (uint i = 1; i < gl_NumSubgroups; i++) m = max(m, wg_partial[i]);
+    barrier();
+    return m;
+}

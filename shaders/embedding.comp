@@ -1,0 +1,22 @@
+#version 450
+// out[t, :] = table[ids[t], :]: the token embedding gather, reading the (possibly > 128 MiB) table in
+// its stored dtype through a texel view.
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+
+layout(std430, binding = 0) readonly buffer Ids { int ids[]; };
+layout(binding = 1) uniform usamplerBuffer Table;
+layout(std430, binding = 2) buffer O { float o[]; };
+
+layout(push_constant) uniform P { uint n_ids, dim, vocab, o_off; } p;
+
+void main()
+{
+    uint n = p.n_ids * p.dim;
+    uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
+    for (uint i = gl_GlobalInvocationID.x; i < n; i += stride) {
+        uint t = i / p.dim, c = i % p.dim;
+        uint id = uint(clamp(ids[t], 0, int(p.vocab) - 1));  // ids are checked on the host; never read out of bounds
+        o[p.o_off + i] = fetch_elem(Table, id * p.dim + c);
+    }
+}

@@ -1,0 +1,60 @@
+#version 450
+// y[M,N] = x[M,K] W[N,K]^T (+ bias) (+ y) for a few rows of x (decode: M = batch of sequences).
+// Memory-bound: every weight is read once and used for all M vectors. A workgroup takes ROWS rows of
+// W; its lanes stride along K one texel at a time (8 bf16/f16 weights a fetch), and a subgroup sum
+// finishes each dot product. x is read through a texel view too: wide, uniform loads win on llvmpipe.
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+
+layout(constant_id = 2) const uint BTYPE = 0;
+layout(constant_id = 3) const uint ROWS = 16;
+layout(constant_id = 4) const uint NM = 1;   // number of x vectors (M), at most 8
+
+layout(binding = 0) uniform usamplerBuffer X;
+layout(binding = 1) uniform usamplerBuffer W;
+layout(binding = 2) uniform usamplerBuffer B;
+layout(std430, binding = 3) buffer Y { float y[]; };
+
+layout(push_constant) uniform P {
+    uint M, N, K;
+    uint x_off, y_off;
+    uint has_bias, accumulate, aligned;
+} p;
+
+void main()
+{
+    uint lane = gl_LocalInvocationID.x;
+    uint width = gl_WorkGroupSize.x;
+    for (uint r = 0; r < ROWS; r++) {
+        uint n = gl_WorkGroupID.x * ROWS + r;
+        if (n >= p.N) break;
+        float acc[NM];
+        for (uint m = 0; m < NM; m++) acc[m] = 0.0;
+        if (p.aligned != 0) {
+            uint step = per_texel();
+            uint texels = p.K / step;
+            for (uint t = lane; t < texels; t += width) {
+                vec4 wlo, whi;
+                unpack_texel(texelFetch(W, int(n * texels + t)), wlo, whi);
+                for (uint m = 0; m < NM; m++) {
+                    uint xt = (p.x_off + m * p.K + t * step) >> 2;  // x texel (4 floats)
+                    acc[m] += dot(uintBitsToFloat(texelFetch(X, int(xt))), wlo);
+                    if (WTYPE != W_F32) acc[m] += dot(uintBitsToFloat(texelFetch(X, int(xt + 1))), whi);
+                }
+            }
+        } else {
+            for (uint k = lane; k < p.K; k += width) {
+                float w = fetch_elem(W, n * p.K + k);
+                for (uint m = 0; m < NM; m++) acc[m] += w * fetch_f32(X, p.x_off + m * p.K + k);
+            }
+        }
+        float bias = p.has_bias != 0 ? fetch_elem_as(B, n, BTYPE) : 0.0;
+        for (uint m = 0; m < NM; m++) {
+            float s = workgroup_sum(acc[m]);
+            if (lane == 0) {
+                uint o = p.y_off + m * p.N + n;
+                y[o] = p.accumulate != 0 ? y[o] + s + bias : s + bias;
+            }
+        }
+    }
+}
