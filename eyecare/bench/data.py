@@ -339,7 +339,7 @@ def load_dataset(path, image_root=None) -> list:
     for where, index, obj in _entries(path, problems):
         if not isinstance(obj, dict):
             problems.add(where, None, "must be a JSON object")
-        elif "conversations" in obj:
+        elif "conversations" in obj or "image" in obj:  # LLaVA entries; ours say "images"
             records.extend(_from_llava(obj, where, base, problems, index))
         else:
             record = _from_schema(obj, where, base, problems)
