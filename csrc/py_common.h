@@ -58,5 +58,7 @@ extern PyMethodDef ec_py_tensor_methods[] __attribute__((weak));      /* py_tens
 extern PyMethodDef ec_py_ops_methods[] __attribute__((weak));         /* py_ops.c: one function per op, for tests */
 extern PyMethodDef ec_py_safetensors_methods[] __attribute__((weak)); /* py_safetensors.c */
 extern PyMethodDef ec_py_image_methods[] __attribute__((weak));       /* py_image.c */
+extern PyMethodDef ec_py_vision_methods[] __attribute__((weak));      /* py_vision.c: the SigLIP tower + connector */
+extern PyMethodDef ec_py_decoder_methods[] __attribute__((weak));     /* py_decoder.c: Phi-3 / Qwen2 */
 
 #endif
