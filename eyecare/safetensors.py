@@ -1,0 +1,55 @@
+"""Reading safetensors checkpoints: single files, sharded ones (``model.safetensors.index.json``), or
+a checkpoint directory.
+
+The reader is in C (``csrc/safetensors.c``) and treats every file as untrusted: the whole header is
+validated when the file is opened (header size, strict JSON, dtypes, shapes, offsets inside the file,
+sizes matching shapes, no overlapping tensors, shard names confined to the checkpoint's directory), and
+a bad file raises :class:`eyecare.FormatError` (a ``ValueError``) naming the file and the problem.
+Tensor data is never copied on open: :meth:`SafetensorsFile.get` returns read-only NumPy views of a
+memory mapping.
+
+Example::
+
+    from eyecare.safetensors import open_safetensors
+
+    with open_safetensors("checkpoints/eyecaregpt-3.8b") as ckpt:
+        for name in ckpt.names():
+            dtype, shape = ckpt.info(name)
+        w = ckpt.get("language_model.lm_head.weight")        # np.ndarray (BF16 as uint16 bits)
+        t = ckpt.to_device("language_model.lm_head.weight")  # eyecare Tensor, dtype as stored
+"""
+from __future__ import annotations
+
+import os
+
+from . import _core
+
+#: The type of the objects :func:`open_safetensors` returns. Its methods:
+#:
+#: - ``names()``: the tensor names, sorted; also ``len(f)``, ``name in f`` and ``iter(f)``.
+#: - ``info(name) -> (dtype, shape)``: dtype as written in the file (``"BF16"``, ``"F32"``, ...).
+#: - ``get(name) -> numpy.ndarray``: read-only, zero-copy where the data is aligned; BF16 comes back
+#:   as uint16 bits (``eyecare.core.from_bfloat16`` converts); dtypes NumPy lacks (F8_*, F6_*, F4)
+#:   raise FormatError.
+#: - ``to_device(name) -> eyecare.Tensor``: F32, F16, BF16 and I32 as stored; other integer dtypes
+#:   (I64 ...) converted to int32, raising ValueError for values out of range.
+#: - ``metadata() -> dict[str, str]``: the ``__metadata__`` map (merged over shards).
+#: - ``close()``, and use as a context manager. Arrays from ``get()`` stay valid after close.
+#: - ``path``, ``closed``.
+SafetensorsFile = _core.safetensors_file_type()
+
+__all__ = ["SafetensorsFile", "open_safetensors"]
+
+
+def open_safetensors(path: str | os.PathLike) -> SafetensorsFile:
+    """Opens a safetensors checkpoint and validates all of its headers.
+
+    ``path`` may be a ``.safetensors`` file, an index (``model.safetensors.index.json``), or a
+    directory holding ``model.safetensors.index.json`` or ``model.safetensors`` (otherwise its only
+    ``*.safetensors.index.json`` or ``*.safetensors`` file). A sharded checkpoint opens each shard once
+    and presents all tensors as one collection.
+
+    Raises ``OSError`` when the path cannot be opened and :class:`eyecare.FormatError` when a file is
+    not a valid checkpoint (including an index that names a missing shard, or a directory without one).
+    """
+    return SafetensorsFile(path)
