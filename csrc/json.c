@@ -461,7 +461,7 @@ static ec_status parse_object(parser *ps, ec_json *v)
     size_t n = ps->top - base;
     ec_json_member *members = arena_alloc(ps->doc, n * sizeof *members + 1);
     if (!members) return out_of_memory(ps);
-    memcpy(members, ps->stack + base, n * sizeof *members);
+    if (n) memcpy(members, ps->stack + base, n * sizeof *members); /* the stack is NULL until first used */
     ps->top = base;
     ps->depth--;
     v->type = EC_JSON_OBJECT;

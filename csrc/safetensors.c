@@ -243,11 +243,14 @@ static ec_status read_offsets(const char *file, const char *name, const ec_json 
                        "section is %llu bytes)", qp(file).s, q(name).s, (long long)b, (long long)en,
                        (unsigned long long)sh->data_size);
     uint64_t bits = (uint64_t)e->numel * dtypes[e->dtype].bits; /* cannot overflow: read_shape checked */
-    if (bits % 8 || (uint64_t)(en - b) != bits / 8)
+    if (bits % 8)
+        return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' has %lld elements of the %u-bit %s, which do not fill a whole "
+                       "number of bytes", qp(file).s, q(name).s, (long long)e->numel, dtypes[e->dtype].bits,
+                       dtypes[e->dtype].name);
+    if ((uint64_t)(en - b) != bits / 8)
         return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' has data_offsets [%lld, %lld] spanning %lld bytes, but %lld "
-                       "elements of %s take %s%llu bytes", qp(file).s, q(name).s, (long long)b, (long long)en,
-                       (long long)(en - b), (long long)e->numel, dtypes[e->dtype].name, bits % 8 ? "a fractional " : "",
-                       (unsigned long long)(bits / 8));
+                       "elements of %s take %llu bytes", qp(file).s, q(name).s, (long long)b, (long long)en,
+                       (long long)(en - b), (long long)e->numel, dtypes[e->dtype].name, (unsigned long long)(bits / 8));
     e->begin = (uint64_t)b;
     e->end = (uint64_t)en;
     return EC_OK;
