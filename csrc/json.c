@@ -3,6 +3,7 @@
 #include "json.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,11 +98,15 @@ static ec_status syntax_error(parser *ps, const char *why)
     return ps->failed;
 }
 
-static ec_status limit_error(parser *ps, const char *fmt, size_t limit)
+static ec_status limit_error(parser *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static ec_status limit_error(parser *ps, const char *fmt, ...)
 {
     if (ps->failed) return ps->failed;
     char why[128];
-    snprintf(why, sizeof why, fmt, limit);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
     ps->failed = ec_fail(EC_ERR_FORMAT, "%s is not accepted: %s", ps->what, why);
     return ps->failed;
 }
@@ -361,7 +366,7 @@ static ec_status parse_value(parser *ps, ec_json *v);
 static ec_status enter(parser *ps)
 {
     if (++ps->depth > ps->limits.max_depth)
-        return limit_error(ps, "arrays and objects nest deeper than %zu levels", (size_t)ps->limits.max_depth);
+        return limit_error(ps, "arrays and objects nest deeper than %d levels", ps->limits.max_depth);
     ps->p++; /* the opening bracket */
     skip_space(ps);
     return EC_OK;

@@ -438,14 +438,14 @@ static int meta_cmp(const void *x, const void *y)
  * and keeps the first reading of each key. */
 static ec_status finish(ec_st_file *f)
 {
-    qsort(f->entries, f->count, sizeof *f->entries, entry_cmp);
+    if (f->count) qsort(f->entries, f->count, sizeof *f->entries, entry_cmp); /* the tables are NULL while empty */
     for (size_t i = 1; i < f->count; i++) {
         const entry *a = &f->entries[i - 1], *b = &f->entries[i];
         if (strcmp(a->name, b->name) == 0)
             return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' is in two shards, %s and %s", qp(f->path).s, q(a->name).s,
                            q(f->shards[a->shard].file_name).s, q(f->shards[b->shard].file_name).s);
     }
-    qsort(f->meta, f->nmeta, sizeof *f->meta, meta_cmp);
+    if (f->nmeta) qsort(f->meta, f->nmeta, sizeof *f->meta, meta_cmp);
     size_t kept = 0;
     for (size_t i = 0; i < f->nmeta; i++) {
         if (kept && strcmp(f->meta[kept - 1].key, f->meta[i].key) == 0) {
@@ -535,7 +535,8 @@ static ec_status open_index(ec_st_file *f, const char *index_path)
     EC_TRY(map_path(index_path, &map, &size, &err));
     char *dir = parent_dir(index_path);
     ec_json_doc *doc = NULL;
-    ec_status s = dir ? ec_json_parse((const char *)map, size, NULL, qp(index_path).s, &doc) : no_memory();
+    /* An empty file maps to NULL: parse it as "" for the usual message. */
+    ec_status s = dir ? ec_json_parse(map ? (const char *)map : "", size, NULL, qp(index_path).s, &doc) : no_memory();
     const ec_json *weight_map = ec_json_get(ec_json_root(doc), "weight_map");
     if (s == EC_OK && (!weight_map || weight_map->type != EC_JSON_OBJECT))
         s = ec_fail(EC_ERR_FORMAT, "%s: an index must be a JSON object with a \"weight_map\" object", qp(index_path).s);

@@ -402,6 +402,36 @@ def test_bad_tensor_entries(tmp_path, tensor, fragment):
     expect_format_error(raw_file(tmp_path / "bad.safetensors", {"x": tensor}, bytes(16)), "tensor 'x'", fragment)
 
 
+def test_json_strings_escapes_and_numbers(tmp_path):
+    names = ["é😀 \n\t\"\\/", "plain", "\u2028"]
+    header = {n: entry("U8", [1], i, i + 1) for i, n in enumerate(names)}
+    for ascii_only in (True, False):  # \uXXXX escapes with surrogate pairs, and raw UTF-8
+        text = json.dumps(header, ensure_ascii=ascii_only)
+        f = open_safetensors(raw_file(tmp_path / f"names{ascii_only}.safetensors", text, bytes([5, 6, 7])))
+        assert f.names() == sorted(names, key=lambda n: n.encode())
+        assert [f.get(n)[0] for n in names] == [5, 6, 7]
+    offsets = '{"x": {"dtype": "U8", "shape": [1], "data_offsets": %s}}'
+    assert open_safetensors(raw_file(tmp_path / "zero.safetensors", offsets % "[-0, 1]", bytes(1))).get("x").size == 1
+    for i, (header, fragment) in enumerate([
+        (offsets % "[0, 1e0]", "[begin, end]"),
+        (offsets % "[0, 1.0]", "[begin, end]"),
+        (offsets % "[0, 01]", "leading zero"),
+        (offsets % "[0, +1]", "unexpected character '+'"),
+        ('{"\\ud800": 1}', "high surrogate without a low one"),
+        ('{"\\udc00\\ud800": 1}', "low surrogate without a high one"),
+        ('{"\\u12g4": 1}', "four hex digits"),
+        ('{"\\q": 1}', "invalid escape"),
+        (b'{"\xc0\xaf": 1}', "invalid UTF-8"),
+        (b'{"\xed\xa0\x80": 1}', "invalid UTF-8"),
+        (b'{"\xf4\x90\x80\x80": 1}', "invalid UTF-8"),
+        (b'{"a\x01": 1}', "control character"),
+        ('{} // comment', "unexpected character '/'"),
+        ('{}x', "unexpected character 'x' where the end of the input"),
+        ("{'a': 1}", "unexpected character"),
+    ]):
+        expect_format_error(raw_file(tmp_path / f"json{i}.safetensors", header, bytes(1)), fragment)
+
+
 def test_overlapping_tensors(tmp_path):
     header = {"a": entry("F32", [4], 0, 16), "b": entry("F32", [2], 8, 16), "e": entry("F32", [0], 4, 4)}
     expect_format_error(raw_file(tmp_path / "overlap.safetensors", header, bytes(16)), "'a'", "'b'", "overlap")
@@ -478,7 +508,7 @@ FUZZ_SCRIPT = textwrap.dedent("""
     from eyecare.safetensors import open_safetensors
 
     workdir, iterations = sys.argv[1], int(sys.argv[2])
-    rng = random.Random(1234)
+    rng = random.Random(int(sys.argv[3]) if len(sys.argv) > 3 else 1234)
     seed_path = os.path.join(workdir, "seed.safetensors")
     save_file({"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.arange(3, dtype=np.int64),
                "c": np.zeros((0, 2), np.float16), "d": np.array(7, np.uint8)}, seed_path, metadata={"k": "v"})
