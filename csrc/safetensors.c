@@ -85,7 +85,10 @@ static quoted_path qp(const char *s)
     return r;
 }
 
-static ec_status no_memory(void) { return ec_fail(EC_ERR_OOM, "out of host memory while reading a safetensors checkpoint"); }
+static ec_status no_memory(void)
+{
+    return ec_fail(EC_ERR_OOM, "out of host memory while reading a safetensors checkpoint");
+}
 
 static char *copy_string(const char *s, size_t len)
 {
@@ -213,7 +216,8 @@ static ec_status read_shape(const char *file, const char *name, size_t name_len,
             return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' has shape entry %zu that is not a non-negative integer",
                            qp(file).s, q(name).s, i);
         if (d && numel > (uint64_t)INT64_MAX / bits / (uint64_t)d)
-            return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' has a shape whose element count overflows", qp(file).s, q(name).s);
+            return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' has a shape whose element count overflows", qp(file).s,
+                           q(name).s);
         numel *= (uint64_t)d;
     }
     void *block = malloc(ndim * sizeof(int64_t) + name_len + 1);

@@ -261,7 +261,8 @@ def test_sharded_metadata_first_shard_wins(tmp_path):
     d.mkdir()
     np_save({"a": np.zeros(1, np.float32)}, str(d / "s1.safetensors"), metadata={"k": "one", "only1": "x"})
     np_save({"b": np.zeros(1, np.float32)}, str(d / "s2.safetensors"), metadata={"k": "two", "only2": "y"})
-    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
+    index = {"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
     assert open_safetensors(d).metadata() == {"k": "one", "only1": "x", "only2": "y"}
 
 
@@ -533,7 +534,8 @@ FUZZ_SCRIPT = textwrap.dedent("""
             elif op == 4 and data:
                 del data[pos:pos + rng.randint(1, 16)]
             elif op == 5:
-                data[0:8] = struct.pack("<Q", rng.choice([0, 1, len(data), max(0, len(data) - 8), 2**63, rng.randrange(2**16)]))
+                lengths = [0, 1, len(data), max(0, len(data) - 8), 2**63, rng.randrange(2**16)]
+                data[0:8] = struct.pack("<Q", rng.choice(lengths))
             else:
                 data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 32)))
         return bytes(data)
