@@ -2,8 +2,9 @@
 
 Library choices (all in the `bench` extra, imported only when a score is computed):
 
-* BLEU-1..4: sacrebleu's corpus BLEU (`sacrebleu.metrics.BLEU`, max_ngram_order 1..4, its default
-  "exp" smoothing, brevity penalty over the whole group). BLEU-n is the cumulative score, the
+* BLEU-1..4: sacrebleu's corpus BLEU (`sacrebleu.metrics.BLEU`, max_ngram_order 1..4, brevity
+  penalty over the whole group, no smoothing: Papineni et al.'s definition, so a group with no
+  matching n-gram of some order scores 0 from that order on). BLEU-n is the cumulative score, the
   geometric mean of the 1..n-gram precisions, as in the report-generation literature.
 * ROUGE-L: Google's rouge-score (`rouge_score.rouge_scorer.RougeScorer(["rougeL"])`), the
   F-measure of the longest common subsequence, per record, averaged.
@@ -43,7 +44,7 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict:
     # agree on what a word is.
     hyps = [" ".join(tokenize(p)) for p in predictions]
     refs = [[" ".join(tokenize(r)) for r in references]]
-    return {f"bleu{n}": metrics.BLEU(tokenize="none", max_ngram_order=n).corpus_score(hyps, refs).score
+    return {f"bleu{n}": metrics.BLEU(tokenize="none", smooth_method="none", max_ngram_order=n).corpus_score(hyps, refs).score
             for n in range(1, 5)}
 
 
@@ -78,15 +79,21 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def closed_scores(golds: Sequence[str], answers: Sequence[Optional[str]]) -> dict:
-    """Accuracy (0-100) of extracted answers; None (unparseable) counts as wrong and is counted."""
+def closed_scores(golds: Sequence[str], answers: Sequence[Optional[str]],
+                  failed: Optional[Sequence[bool]] = None) -> dict:
+    """Accuracy (0-100) of extracted answers.
+
+    An answer of None is wrong. It is counted as unparseable (the model replied, but no answer
+    could be read) unless `failed` marks that record's model call as having raised.
+    """
     n = len(golds)
+    failed = failed if failed is not None else [False] * n
     correct = sum(a is not None and a == g for g, a in zip(golds, answers))
     return {
         "n": n,
         "correct": correct,
         "accuracy": 100.0 * correct / n if n else None,
-        "unparseable": sum(a is None for a in answers),
+        "unparseable": sum(a is None and not f for a, f in zip(answers, failed)),
     }
 
 

@@ -49,7 +49,7 @@ def _score_group(task: str, rows: Sequence[dict]) -> dict:
     if task == "closed":
         golds = [gold_answer(r["answer"], r.get("options") or ()) for r in rows]
         answers = [extract_answer(r.get("prediction") or "", r.get("options") or ()) for r in rows]
-        scores = closed_scores(golds, answers)
+        scores = closed_scores(golds, answers, failed=[bool(r.get("error")) for r in rows])
     else:
         scores = text_scores([r.get("prediction") or "" for r in rows], [r["answer"] for r in rows])
     scores["errors"] = sum(bool(r.get("error")) for r in rows)
@@ -223,6 +223,8 @@ def _delta(a, b) -> str:
         return "–"
     if a is None or b is None:
         return f"{_fmt(a)} → {_fmt(b)}"
+    if isinstance(a, int) and isinstance(b, int):
+        return f"{a} → {b} ({b - a:+d})"
     return f"{a:.2f} → {b:.2f} ({b - a:+.2f})"
 
 
