@@ -341,14 +341,14 @@ static PyObject *tower_info(VisionObject *self, void *closure)
     ec_vision *v = live(self);
     if (!v) return NULL;
     const ec_vision_config *c = ec_vision_get_config(v);
-    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:d}",
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:d,s:I}",
                          "hidden_size", c->hidden, "intermediate_size", c->intermediate, "num_hidden_layers", c->layers,
                          "num_attention_heads", c->heads, "head_dim", c->head_dim, "image_size", c->image_size,
                          "patch_size", c->patch, "grid", c->grid, "tokens", c->tokens, "pooled_tokens", c->pooled_tokens,
                          "feature_index", c->feature_index, "layers_run", c->layers_run,
                          "layers_available", ec_vision_layers_available(v), "d_llm", ec_vision_d_llm(v),
                          "max_views", ec_vision_max_views(v), "num_channels", c->channels,
-                         "last_device_ms", ec_vision_last_ms(v));
+                         "last_device_ms", ec_vision_last_ms(v), "last_dispatches", ec_vision_last_dispatches(v));
 }
 
 static PyObject *tower_closed(VisionObject *self, void *closure) { return PyBool_FromLong(self->v == NULL); }

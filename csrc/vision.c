@@ -47,7 +47,8 @@ struct ec_vision {
     ec_tensor *proj[2];                      /* [views * T, d_llm]: the projector's layers, ping-pong */
     ec_tensor *pooled;                       /* [views * Tp, d_llm] */
     ec_tensor *final;                        /* which proj[] holds the last pass's tokens */
-    double last_ms;
+    double last_ms;                          /* device time of the last pass's batch */
+    uint32_t last_dispatches;                /* dispatches it recorded (each costs ~40 us on lavapipe) */
 };
 
 /* ------------------------------------------------------------------------------------------------
@@ -63,10 +64,11 @@ ec_status ec_vision_config_check(ec_vision_config *c)
         return ec_fail(EC_ERR_ARG, "vision_config: hidden_size %d is not a multiple of num_attention_heads %d", c->hidden, c->heads);
     c->head_dim = c->hidden / c->heads;
     if (c->head_dim > 256) return ec_fail(EC_ERR_ARG, "vision_config: head dimension %d is over 256", c->head_dim);
-    if (c->patch <= 0 || c->image_size < c->patch || c->image_size % c->patch)
-        return ec_fail(EC_ERR_ARG, "vision_config: image_size %d must be a positive multiple of patch_size %d", c->image_size, c->patch);
+    if (c->patch <= 0 || c->image_size < c->patch)
+        return ec_fail(EC_ERR_ARG, "vision_config: image_size %d is smaller than patch_size %d", c->image_size, c->patch);
     if (!(c->eps > 0.0f) || !isfinite(c->eps)) return ec_fail(EC_ERR_ARG, "vision_config: layer_norm_eps must be positive");
     if (c->act != EC_GELU_TANH && c->act != EC_GELU_ERF) return ec_fail(EC_ERR_ARG, "vision_config: hidden_act must be a GELU");
+    /* The patch embedding is a stride-P convolution: floor(S / P) patches a side (384 / 14 = 27). */
     c->grid = c->image_size / c->patch;
     c->tokens = c->grid * c->grid;
     /* Every op indexes with 32-bit integers: keep one view's widest activation far below 2^32. */
@@ -194,6 +196,7 @@ int ec_vision_layers_available(const ec_vision *v) { return v->layers_available;
 int ec_vision_d_llm(const ec_vision *v) { return v->d_llm; }
 int ec_vision_max_views(const ec_vision *v) { return v->max_views; }
 double ec_vision_last_ms(const ec_vision *v) { return v->last_ms; }
+uint32_t ec_vision_last_dispatches(const ec_vision *v) { return v->last_dispatches; }
 
 /* A growing text for the report of bad weights. */
 typedef struct { char *s; size_t len, cap; int oom; } text;
@@ -567,9 +570,10 @@ ec_status ec_vision_run(ec_vision *v, const float *pixels, int n, const uint8_t 
         EC_TRY(ec_tensor_create(ctx, EC_F32, 2, shape, &hs));
     }
     ec_status s = record_pass(v, n, is_tile, depth, hs);
+    uint32_t dispatches = ctx->dispatches;
     if (!s) s = ec_batch_submit(ctx);
     else ec_batch_abort(ctx);
-    if (!s) v->last_ms = ctx->last_batch_ms;
+    if (!s) { v->last_ms = ctx->last_batch_ms; v->last_dispatches = dispatches; }
 
     /* Tokens, view after view, in runs of views of one kind. */
     float *dst = tokens;

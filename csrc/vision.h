@@ -100,5 +100,7 @@ ec_status ec_vision_run(ec_vision *v, const float *pixels, int n, const uint8_t 
 
 /* Device time of the last run's batch in milliseconds (0 where the device has no timestamps). */
 double ec_vision_last_ms(const ec_vision *v);
+/* Dispatches recorded into the last run's batch. */
+uint32_t ec_vision_last_dispatches(const ec_vision *v);
 
 #endif

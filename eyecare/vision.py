@@ -155,7 +155,7 @@ class VisionTower:
     @property
     def info(self) -> dict:
         """Sizes: hidden_size, tokens (per global view), pooled_tokens (per tile), d_llm, layers_run,
-        layers_available, max_views, last_device_ms (device time of the last pass) ..."""
+        layers_available, max_views, last_device_ms and last_dispatches (of the last pass's batch) ..."""
         return self._tower.info
 
     @property

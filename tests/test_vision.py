@@ -6,9 +6,10 @@ Tolerances. Activations are f32 on both sides and the weights are the same value
 checkpoints the reference runs the same rounded weights in f32), so the two differ only by summation
 order: ~1e-7 relative per op, amplified through the layers by LayerNorm and attention. Errors are
 measured relative to each tensor's largest magnitude:
-  - float32 weights: hidden states and tokens within 2e-5 (tiny configs) / 1e-4 (so400m widths, sums
-    of 1152-4304 terms);
-  - bfloat16 and float16 weights: the same bounds, since the reference uses the rounded weights.
+  - float32 weights: hidden states and tokens within 5e-6 (tiny configs) / 1e-5 (so400m widths, sums
+    of 1152-4304 terms); measured errors are about 1e-6 in both;
+  - bfloat16 and float16 weights: the same bounds, since the reference uses the rounded weights
+    (measured errors are the same, about 1e-6).
 """
 import json
 import math
@@ -25,7 +26,7 @@ from eyecare.core import tensor
 from eyecare.vision import VisionTower, check_config, view_kinds
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-TOL = {"tiny": 5e-6, "so400m": 1e-4}
+TOL = {"tiny": 5e-6, "so400m": 1e-5}
 
 
 def randomize(module, gen):
@@ -99,7 +100,6 @@ def assert_close(got, want, tol, what):
     scale = max(float(np.abs(want).max()), 1e-6)
     err = float(np.abs(got - want).max()) / scale
     assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
-    print(f"{what}: {err:.1e}")
     assert err <= tol, f"{what}: max error {err:.2e} of the largest magnitude (tolerance {tol:.0e})"
 
 
@@ -108,11 +108,12 @@ def pixels_for(n, size, seed=1):
 
 
 # Head dims 12 and 18 (not a multiple of 4); overlapping groups; feature layer -2 (layer 4 unused)
-# and -1; pooling 3 -> 2 (overlapping windows) and 4 -> 2.
+# and -1; pooling 3 -> 2 (overlapping windows) and 4 -> 2; 60 px in patches of 14 leaves 4 pixels
+# the convolution ignores, as 384 / 14 does in so400m.
 TINY = {
     "a": (dict(hidden_size=48, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4, image_size=42, patch_size=14),
           dict(feature_layer=-2, groups=[[0, 2], [2, 4]]), 2),
-    "b": (dict(hidden_size=36, intermediate_size=80, num_hidden_layers=3, num_attention_heads=2, image_size=56, patch_size=14),
+    "b": (dict(hidden_size=36, intermediate_size=80, num_hidden_layers=3, num_attention_heads=2, image_size=60, patch_size=14),
           dict(feature_layer=-1, groups=[[0, 2], [1, 4]]), 3),
 }
 GRIDS = [(1, 2), (1, 1)]  # 3 + 2 views; with max_views 2 the passes cross image boundaries
@@ -252,7 +253,7 @@ def test_a_wrong_prefix_reports_the_names_it_looked_for():
     ({"connector": {"projector": "linear"}}, "projector 'linear' is not supported"),
     ({"vision_config": {"hidden_act": "quick_gelu"}}, "hidden_act 'quick_gelu' is not supported"),
     ({"vision_config": {"num_attention_heads": 5}}, "not a multiple of num_attention_heads 5"),
-    ({"vision_config": {"image_size": 50}}, "image_size 50 must be a positive multiple of patch_size 14"),
+    ({"vision_config": {"image_size": 10}}, "image_size 10 is smaller than patch_size 14"),
     ({"adaptive_resolution": {"tile_pool": 0}}, "tile_pool must be at least 1"),
     ({"adaptive_resolution": {"tile_size": 384}}, "tile_size 384 differs from vision_config.image_size 42"),
 ])
@@ -288,3 +289,37 @@ def test_bad_inputs_and_freed_weights_raise():
         tower.encode(pixels, [(1, 2)])
     with pytest.raises(TypeError, match="must be a live eyecare Tensor"):
         VisionTower(config_of(vision, connector), {"vision_tower.vision_model.embeddings.patch_embedding.bias": np.zeros(48)})
+
+
+def test_views_share_one_pass_and_the_gil_is_released():
+    import threading
+    import time
+
+    vision = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=2, num_attention_heads=3, image_size=224,
+                  patch_size=14)
+    connector = dict(feature_layer=-1, groups=[[0, 2], [1, 3]])
+    weights = {n: tensor(a) for n, a in tiny_weights(vision, connector).items()}
+    tower = VisionTower(config_of(vision, connector), weights, max_views=3)
+    pixels = pixels_for(3, 224)
+    tower.encode(pixels[:1], [(0, 0)])
+    one = tower.info["last_dispatches"]
+    # 3 embedding ops, 10 a layer, 4 running-mean adds, 3 concat copies, 3 projector ops
+    assert one == 3 + 2 * 10 + 4 + 3 + 3
+    state = {"in_call": False, "done": False}
+
+    def work():
+        state["in_call"] = True
+        tower.encode(pixels, [(1, 2)])
+        state["done"] = True
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    while not state["in_call"]:
+        time.sleep(0.001)
+    time.sleep(0.02)
+    # This runs Python while the worker's pass is on the device: only possible with the GIL released.
+    still_running = not state["done"]
+    worker.join()
+    assert still_running, "the encode call held the GIL"
+    assert tower.info["last_dispatches"] == one + 1  # three views, one batch; + the tiles' pooling
+    tower.close()
