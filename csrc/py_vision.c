@@ -164,21 +164,43 @@ static void tower_dealloc(VisionObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Points every slot at its tensor again (a weight may have been freed since). */
-static int resolve_weights(VisionObject *self)
+/* Points every slot at its tensor (at creation; a Tensor keeps its device tensor until freed). */
+static int bind_weights(VisionObject *self)
 {
     ec_vision_slot *slots;
     int n = ec_vision_slots(self->v, &slots);
     for (int i = 0; i < n; i++) {
-        if (!self->weights[i]) { *slots[i].dst = NULL; continue; }
-        ec_tensor *t = ec_py_tensor_get(self->weights[i], 0);
-        if (!t) {
-            PyErr_Format(PyExc_ValueError, "the vision tower's weight '%s' has been freed", slots[i].name);
-            return -1;
-        }
-        *slots[i].dst = t;
+        *slots[i].dst = self->weights[i] ? ec_py_tensor_get(self->weights[i], 0) : NULL;
+        if (self->weights[i] && !*slots[i].dst) return -1;
     }
     return 0;
+}
+
+/* Before a pass, with the context locked: has any weight been freed since? */
+static int weights_alive(VisionObject *self)
+{
+    ec_vision_slot *slots;
+    int n = ec_vision_slots(self->v, &slots);
+    for (int i = 0; i < n; i++)
+        if (self->weights[i] && !ec_py_tensor_get(self->weights[i], 0)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "the vision tower's weight '%s' has been freed", slots[i].name);
+            return 0;
+        }
+    return 1;
+}
+
+/* Takes the context lock while holding the GIL, so that no other thread can free a weight (or close the
+ * tower) between the checks and the pass; while another thread's device work holds the lock it waits
+ * with the GIL released, so Python threads keep running. */
+static void lock_with_gil(ec_context *ctx)
+{
+    while (pthread_mutex_trylock(&ctx->lock) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&ctx->lock);
+        pthread_mutex_unlock(&ctx->lock);
+        Py_END_ALLOW_THREADS
+    }
 }
 
 /* The default views per pass: what fits in a quarter of the device memory left after the weights,
@@ -233,7 +255,7 @@ static PyObject *tower_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         }
         self->weights[i] = item; /* the reference GetItem returned */
     }
-    if (resolve_weights(self)) { Py_DECREF(self); return NULL; }
+    if (bind_weights(self)) { Py_DECREF(self); return NULL; }
 
     char *report = NULL;
     s = ec_vision_check_weights(self->v, &report);
@@ -248,6 +270,13 @@ static PyObject *tower_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     EC_DEVICE_CALL(ctx, s, ec_vision_init(self->v, max_views));
     if (s) { Py_DECREF(self); return ec_py_raise(s); }
     return (PyObject *)self;
+}
+
+static int64_t count_tokens(const ec_vision_config *c, int n, const uint8_t *is_tile)
+{
+    int64_t count = 0;
+    for (int i = 0; i < n; i++) count += is_tile[i] ? c->pooled_tokens : c->tokens;
+    return count;
 }
 
 static ec_vision *live(VisionObject *self)
@@ -268,7 +297,9 @@ static PyObject *tower_run(VisionObject *self, PyObject *args, PyObject *kwargs)
     PyArrayObject *pixels = NULL;
     ec_vision *v = live(self);
     if (!v) goto done;
-    const ec_vision_config *c = ec_vision_get_config(v);
+    /* A copy: another thread may close the tower between two passes. */
+    ec_vision_config cfg = *ec_vision_get_config(v);
+    const ec_vision_config *c = &cfg;
 
     if (!PyArray_Check(pix_obj) || PyArray_TYPE((PyArrayObject *)pix_obj) != NPY_FLOAT32) {
         PyErr_SetString(PyExc_TypeError, "pixels must be a float32 NumPy array");
@@ -292,7 +323,7 @@ static PyObject *tower_run(VisionObject *self, PyObject *args, PyObject *kwargs)
     }
     if (n > INT32_MAX) { PyErr_SetString(PyExc_ValueError, "too many views"); goto done; }
     const uint8_t *is_tile = tiles.buf;
-    int64_t count = ec_vision_count_tokens(v, (int)n, is_tile);
+    int64_t count = count_tokens(c, (int)n, is_tile);
     int d_llm = ec_vision_d_llm(v), depth = ec_vision_layers_available(v);
     npy_intp tdims[2] = {(npy_intp)count, d_llm};
     tokens = PyArray_SimpleNew(2, tdims, NPY_FLOAT32);
@@ -311,12 +342,22 @@ static PyObject *tower_run(VisionObject *self, PyObject *args, PyObject *kwargs)
     size_t h_per_view = (size_t)c->tokens * c->hidden, h_stride = (size_t)n * h_per_view;
     for (npy_intp v0 = 0; v0 < n; v0 += chunk) {
         int m = (int)(n - v0 < chunk ? n - v0 : chunk);
-        if (resolve_weights(self)) goto done;
         float *h = hidden ? (float *)PyArray_DATA((PyArrayObject *)hidden) + (size_t)v0 * h_per_view : NULL;
+        ec_context *ctx = self->ctx;
+        lock_with_gil(ctx);
+        if (!self->v || !weights_alive(self)) {
+            pthread_mutex_unlock(&ctx->lock);
+            if (!self->v) live(self);
+            goto done;
+        }
         ec_status s;
-        EC_DEVICE_CALL(self->ctx, s, ec_vision_run(v, px + (size_t)v0 * px_per_view, m, is_tile + v0, out, h, h_stride));
+        Py_BEGIN_ALLOW_THREADS
+        s = ec_vision_run(v, px + (size_t)v0 * px_per_view, m, is_tile + v0, out, h, h_stride);
+        if (s) ec_batch_abort(ctx);
+        pthread_mutex_unlock(&ctx->lock);
+        Py_END_ALLOW_THREADS
         if (s) { ec_py_raise(s); goto done; }
-        out += (size_t)ec_vision_count_tokens(v, m, is_tile + v0) * (size_t)d_llm;
+        out += (size_t)count_tokens(c, m, is_tile + v0) * (size_t)d_llm;
         if (PyErr_CheckSignals()) goto done;
     }
     if (hidden) result = PyTuple_Pack(2, tokens, hidden);
