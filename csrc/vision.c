@@ -86,9 +86,9 @@ ec_status ec_vision_config_check(ec_vision_config *c)
     int highest = c->feature_index;
     for (int g = 0; g < c->n_groups; g++) {
         if (c->group_lo[g] < 0 || c->group_lo[g] >= c->group_hi[g] || c->group_hi[g] > L + 1)
-            return ec_fail(EC_ERR_ARG, "connector.groups[%d] = [%d, %d] is not a non-empty half-open range of hidden-state "
-                           "indices inside 0..%d (the tower has %d layers, so h[0..%d])", g, c->group_lo[g], c->group_hi[g],
-                           L + 1, L, L);
+            return ec_fail(EC_ERR_ARG, "connector.groups[%d] = [%d, %d] must be a half-open range [start, end) of hidden-state "
+                           "indices with 0 <= start < end <= %d (the tower has %d layers: h[0..%d])", g, c->group_lo[g],
+                           c->group_hi[g], L + 1, L, L);
         if (c->group_hi[g] - 1 > highest) highest = c->group_hi[g] - 1;
     }
     /* Layers past the highest hidden state the connector reads are never computed. */

@@ -125,7 +125,15 @@ class VisionTower:
         self.settings = vision_settings(config)
         if max_views is not None and (not isinstance(max_views, int) or max_views < 1):
             raise ValueError(f"max_views must be a positive integer, not {max_views!r}")
-        self._tower = _VisionTower(self.settings, weights, vision_prefix, connector_prefix, max_views or 0)
+        try:
+            self._tower = _VisionTower(self.settings, weights, vision_prefix, connector_prefix, max_views or 0)
+        except _core.FormatError as e:
+            if any(str(name).startswith(vision_prefix) for name in weights):
+                raise
+            sample = sorted(str(name) for name in weights if not str(name).startswith(connector_prefix))[:3]
+            seen = f"names given include {', '.join(map(repr, sample))}" if sample else "no other names were given"
+            raise _core.FormatError(f"{e}\n(no weight name starts with {vision_prefix!r}; {seen}: is vision_prefix "
+                                    f"right?)") from None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, all_layers: bool = False, max_views: int | None = None,
