@@ -189,6 +189,16 @@ class VisionTower:
         pixels = self._pixels(pixel_values)
         return self._tower.run(pixels, view_kinds(grids, pixels.shape[0]), return_hidden_states)
 
+    def encode_views(self, pixel_values, is_tile, *, return_hidden_states: bool = False):
+        """Like :meth:`encode` with the kind of each view given directly: ``is_tile[i]`` true pools view
+        i as a tile, false keeps all its tokens (a global view). For callers that batch views of
+        several requests themselves."""
+        pixels = self._pixels(pixel_values)
+        flags = bytes(1 if t else 0 for t in is_tile)
+        if len(flags) != pixels.shape[0]:
+            raise ValueError(f"is_tile has {len(flags)} flags for {pixels.shape[0]} views")
+        return self._tower.run(pixels, flags, return_hidden_states)
+
     def hidden_states(self, pixel_values) -> np.ndarray:
         """Every hidden state h[0..depth] of each view, ``[depth + 1, n_views, T, hidden]``, as Hugging
         Face's ``output_hidden_states`` (before post_layernorm)."""

@@ -171,8 +171,8 @@ def test_so400m_widths_two_layers(tmp_path):
     pixels = pixels_for(2, 384)
     want_hidden, want_tokens = reference(model, projector, pixels, [(1, 1)], connector, 2)
     with VisionTower.from_checkpoint(tmp_path, all_layers=True) as tower:
-        # The low-level run takes per-view flags: view 1 of the reference alone, as a tile.
-        tokens, hidden = tower._tower.run(pixels[1:], b"\x01", True)
+        # View 1 of the reference (a tile) on its own.
+        tokens, hidden = tower.encode_views(pixels[1:], [True], return_hidden_states=True)
     assert tokens.shape == (196, 256) and hidden.shape == (3, 1, 729, 1152)
     for i in range(3):
         assert_close(hidden[i], want_hidden[i][1:], TOL["so400m"], f"h[{i}]")
