@@ -144,12 +144,52 @@ typedef struct stb_call {
     int width, height, channels;
     uint8_t *rgb; /* decode result, handed over to the caller (unlinked from the session) */
     int ok;
+    size_t pos;           /* decode: how far stb has read */
+    const char *refill;   /* decode: stb's own read-ahead buffer (the target of its first read) */
+    int read_past_end;    /* decode: stb needed bytes after the last one */
 } stb_call;
+
+/* Decoding goes through stb's callback interface rather than its memory one so that a truncated file is noticed:
+ * from memory, stb reads zeros past the end, and BMP, GIF, TGA, PSD and HDR files cut short then "decode" with
+ * black where the data was missing. stb reads in two ways: it refills its read-ahead buffer (always the target of
+ * its first read) when it needs one more byte, so a refill at the end means truncation; and it reads a known count
+ * straight into its own arrays, where a short read means truncation. */
+static int stb_read(void *user, char *out, int n)
+{
+    stb_call *c = user;
+    if (!c->refill) c->refill = out;
+    size_t left = (size_t)c->size - c->pos;
+    if (n > 0 && (out == c->refill ? left == 0 : (size_t)n > left)) c->read_past_end = 1;
+    size_t k = n < 0 ? 0 : (size_t)n < left ? (size_t)n : left;
+    memcpy(out, c->data + c->pos, k);
+    c->pos += k;
+    return (int)k;
+}
+
+static void stb_skip(void *user, int n)
+{
+    stb_call *c = user;
+    if (n < 0) { /* stb's contract allows ungetting bytes */
+        c->pos = (size_t)-n > c->pos ? 0 : c->pos - (size_t)-n;
+    } else if ((size_t)n > (size_t)c->size - c->pos) {
+        c->read_past_end = 1;
+        c->pos = (size_t)c->size;
+    } else {
+        c->pos += (size_t)n;
+    }
+}
+
+static int stb_eof(void *user)
+{
+    stb_call *c = user;
+    return c->pos >= (size_t)c->size;
+}
 
 static void stb_call_run(stb_call *c)
 {
     if (c->decode) {
-        c->rgb = stbi_load_from_memory(c->data, c->size, &c->width, &c->height, &c->channels, 3);
+        static const stbi_io_callbacks io = {stb_read, stb_skip, stb_eof};
+        c->rgb = stbi_load_from_callbacks(&io, c, &c->width, &c->height, &c->channels, 3);
         c->ok = c->rgb != NULL;
     } else {
         c->ok = stbi_info_from_memory(c->data, c->size, &c->width, &c->height, &c->channels);
@@ -360,6 +400,10 @@ ec_status ec_image_decode(const uint8_t *data, size_t size, uint64_t max_pixels,
 
     stb_call c = {.data = data, .size = (int)size, .decode = 1};
     EC_TRY(stb_guarded(&c, (size_t)width * (size_t)height * DECODE_BYTES_PER_PIXEL + DECODE_SLACK));
+    if (c.ok && c.read_past_end) {
+        stb_free(c.rgb);
+        return ec_fail(EC_ERR_FORMAT, "truncated image: the data ends before the image does (%zu bytes)", size);
+    }
     if (!c.ok)
         return ec_fail(EC_ERR_FORMAT, "cannot decode image: %s (corrupt or truncated data)",
                        stbi_failure_reason() ? stbi_failure_reason() : "unknown error");
