@@ -676,6 +676,11 @@ ec_status ec_image_resize_bicubic(const uint8_t *src, int src_w, int src_h, size
 
 void ec_image_fit_size(int src_w, int src_h, int target_w, int target_h, int *new_w, int *new_h)
 {
+    if (src_w < 1 || src_h < 1) { /* no aspect ratio to keep */
+        *new_w = target_w;
+        *new_h = target_h;
+        return;
+    }
     /* Python's floats are doubles, so these are the exact values transformers' get_patch_output_size computes. */
     double scale_w = (double)target_w / src_w;
     double scale_h = (double)target_h / src_h;
