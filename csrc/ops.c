@@ -139,7 +139,7 @@ ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *b
         return ec_dispatch(ctx, p, bind, push, (uint32_t)((N + rows_per_group - 1) / rows_per_group), 1, 1);
     }
 
-    const uint32_t TM = 4, TN = 4;
+    const uint32_t TM = 8, TN = 8;
     uint32_t width = is_cpu(ctx) ? ctx->info.subgroup_size : 64;
     EC_TRY(pipeline(ctx, K_MATMUL, width, wtype(w), bias ? wtype(bias) : 0, TM, TN, &p));
     /* Rows of x and y beyond one storage binding go in chunks (e.g. the logits of a long prompt). */

@@ -667,3 +667,21 @@ def test_to_device(tmp_path):
         f.to_device("five_d")
     with pytest.raises(KeyError):
         f.to_device("nope")
+
+
+def test_save_safetensors_round_trips_through_the_reference_reader(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from eyecare.core import to_bfloat16
+    from eyecare.safetensors import save_safetensors
+
+    values = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
+    path = tmp_path / "out.safetensors"
+    save_safetensors({"f32": values, "bf16": (to_bfloat16(values), "BF16"), "i64": np.arange(5),
+                      "empty": np.zeros((0, 2), np.float16)}, path, {"format": "pt"})
+    ref = load_file(str(path))
+    assert torch.equal(ref["f32"], torch.from_numpy(values))
+    assert torch.equal(ref["bf16"], torch.from_numpy(values).to(torch.bfloat16))
+    assert ref["i64"].tolist() == list(range(5)) and ref["empty"].shape == (0, 2)
+    assert not list(tmp_path.glob("*.tmp-*"))
