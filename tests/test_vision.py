@@ -325,3 +325,21 @@ def test_views_share_one_pass_and_the_gil_is_released():
     assert still_running, "the encode call held the GIL"
     assert tower.info["last_dispatches"] == one + 1  # three views, one batch; + the tiles' pooling
     tower.close()
+
+
+def test_processor_output_goes_straight_in(tmp_path):
+    from eyecare.processor import EyecareProcessor
+
+    vision, connector, tile_pool = TINY["a"]
+    model, projector, config = make_checkpoint(tmp_path, vision, connector, 24, "bfloat16", tile_pool)
+    config["adaptive_resolution"]["grid_pinpoints"] = [[42, 84], [84, 42], [84, 84]]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (50, 100, 3), dtype=np.uint8), rng.integers(0, 256, (90, 80, 3), dtype=np.uint8)]
+    inputs = EyecareProcessor.from_pretrained(tmp_path)(images)
+    with VisionTower.from_checkpoint(tmp_path) as tower:
+        tokens = tower.encode(inputs["pixel_values"], inputs["image_grids"])
+        assert tower.token_counts(inputs["image_grids"]) == inputs["num_image_tokens"]
+    assert len(tokens) == sum(inputs["num_image_tokens"])
+    _, want = reference(model, projector, inputs["pixel_values"], inputs["image_grids"], connector, tile_pool)
+    assert_close(tokens, want, TOL["tiny"], "tokens")
