@@ -193,7 +193,7 @@ static ec_decoder *live(DecoderObject *self)
     PyObject *key, *value;
     while (PyDict_Next(self->weights, &pos, &key, &value))
         if (!ec_py_tensor_get(value, 0)) {
-            PyErr_Format(PyExc_ValueError, "the decoder's weight %S was freed", key);
+            PyErr_Format(PyExc_ValueError, "the decoder's weight %R was freed", key);
             return NULL;
         }
     return self->d;

@@ -81,7 +81,7 @@ def check_decoder_checkpoint(ckpt, config: DecoderConfig, prefix: str = "") -> N
     that nothing under `prefix` is left unused; raises eyecare.FormatError listing every problem."""
     expected = config.checkpoint_tensors()
     present = {n[len(prefix):] for n in ckpt.names() if n.startswith(prefix)}
-    missing = [prefix + n for n in expected if n not in present]
+    missing = sorted(prefix + n for n in expected if n not in present)
     misshapen, bad_dtype = [], []
     for name, shape in expected.items():
         if name not in present:
