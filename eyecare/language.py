@@ -57,8 +57,15 @@ def _select_device(device) -> None:
     is chosen once per process, when the first tensor is made."""
     if device is None:
         return
+    saved = os.environ.get("EYECARE_DEVICE")
     os.environ["EYECARE_DEVICE"] = str(device)  # takes effect if no context exists yet
-    current = device_info()["name"]
+    try:
+        current = device_info()["name"]
+    finally:
+        if saved is None:
+            del os.environ["EYECARE_DEVICE"]
+        else:
+            os.environ["EYECARE_DEVICE"] = saved
     if isinstance(device, int):
         listed = devices()
         if not 0 <= device < len(listed):

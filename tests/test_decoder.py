@@ -269,3 +269,14 @@ def test_sliding_window_limit(tmp_path):
     check_prefill_and_decode(lm, model, 10, steps=2)  # within the window attention is exact
     with pytest.raises(ValueError, match="sliding attention window of 12"):
         lm.forward(input_ids=[4], use_cache=True)
+
+
+def test_device_choice_and_close(phi3):
+    model, d = phi3
+    name = eyecare.device_info()["name"]
+    with LanguageModel.from_pretrained(d, max_context=8, device=name.split()[0]) as lm:
+        assert lm.forward(input_ids=[1, 2]).shape == (2, 320)
+    with pytest.raises(ValueError, match="closed"):
+        lm.forward(input_ids=[1])
+    with pytest.raises(ValueError, match="already runs on"):
+        LanguageModel.from_pretrained(d, device="no-such-device")
