@@ -3,6 +3,7 @@
 #include "json.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,11 +98,15 @@ static ec_status syntax_error(parser *ps, const char *why)
     return ps->failed;
 }
 
-static ec_status limit_error(parser *ps, const char *fmt, size_t limit)
+static ec_status limit_error(parser *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static ec_status limit_error(parser *ps, const char *fmt, ...)
 {
     if (ps->failed) return ps->failed;
     char why[128];
-    snprintf(why, sizeof why, fmt, limit);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
     ps->failed = ec_fail(EC_ERR_FORMAT, "%s is not accepted: %s", ps->what, why);
     return ps->failed;
 }
@@ -132,8 +137,10 @@ static ec_status unexpected(parser *ps, const char *expected)
         snprintf(why, sizeof why, "the input ends where %s was expected", expected);
     } else {
         unsigned char c = (unsigned char)*ps->p;
-        if (c >= 0x20 && c < 0x7f) snprintf(why, sizeof why, "unexpected character '%c' where %s was expected", c, expected);
-        else snprintf(why, sizeof why, "unexpected byte 0x%02x where %s was expected", c, expected);
+        if (c >= 0x20 && c < 0x7f)
+            snprintf(why, sizeof why, "unexpected character '%c' where %s was expected", c, expected);
+        else
+            snprintf(why, sizeof why, "unexpected byte 0x%02x where %s was expected", c, expected);
     }
     return syntax_error(ps, why);
 }
@@ -210,24 +217,35 @@ static size_t utf8_sequence(const unsigned char *p, const unsigned char *end)
     return n;
 }
 
+static size_t escape_error(parser *ps, const char *why)
+{
+    syntax_error(ps, why);
+    return 0;
+}
+
 /* Decodes the escape after a backslash at ps->p (which points at the backslash) into out; returns the
  * number of bytes written, or 0 after reporting an error. */
 static size_t decode_escape(parser *ps, char *out)
 {
     const char *e = ps->p + 1;
-    if (e >= ps->end) { syntax_error(ps, "the input ends inside an escape sequence"); return 0; }
+    if (e >= ps->end) return escape_error(ps, "the input ends inside an escape sequence");
     static const char plain[] = "\"\\/bfnrt", decoded[] = "\"\\/\b\f\n\r\t";
     const char *hit = *e ? strchr(plain, *e) : NULL;
     if (hit) { *out = decoded[hit - plain]; ps->p += 2; return 1; }
-    if (*e != 'u') { ps->p = e; syntax_error(ps, "invalid escape sequence"); return 0; }
-    if (ps->end - e < 5 || read_hex4(e + 1) < 0) { syntax_error(ps, "\\u must be followed by four hex digits"); return 0; }
+    if (*e != 'u') {
+        ps->p = e;
+        return escape_error(ps, "invalid escape sequence");
+    }
+    if (ps->end - e < 5 || read_hex4(e + 1) < 0) return escape_error(ps, "\\u must be followed by four hex digits");
     uint32_t cp = (uint32_t)read_hex4(e + 1);
-    if (cp >= 0xDC00 && cp <= 0xDFFF) { syntax_error(ps, "a \\u escape is a low surrogate without a high one before it"); return 0; }
+    if (cp >= 0xDC00 && cp <= 0xDFFF)
+        return escape_error(ps, "a \\u escape is a low surrogate without a high one before it");
     if (cp >= 0xD800 && cp <= 0xDBFF) {
         /* A high surrogate must be followed at once by \u and a low surrogate. */
         const char *n = e + 5;
         int low = (ps->end - n >= 6 && n[0] == '\\' && n[1] == 'u') ? read_hex4(n + 2) : -1;
-        if (low < 0xDC00 || low > 0xDFFF) { syntax_error(ps, "a \\u escape is a high surrogate without a low one after it"); return 0; }
+        if (low < 0xDC00 || low > 0xDFFF)
+            return escape_error(ps, "a \\u escape is a high surrogate without a low one after it");
         cp = 0x10000 + ((cp - 0xD800) << 10) + ((uint32_t)low - 0xDC00);
         ps->p = n + 6;
     } else {
@@ -361,7 +379,7 @@ static ec_status parse_value(parser *ps, ec_json *v);
 static ec_status enter(parser *ps)
 {
     if (++ps->depth > ps->limits.max_depth)
-        return limit_error(ps, "arrays and objects nest deeper than %zu levels", (size_t)ps->limits.max_depth);
+        return limit_error(ps, "arrays and objects nest deeper than %d levels", ps->limits.max_depth);
     ps->p++; /* the opening bracket */
     skip_space(ps);
     return EC_OK;
@@ -461,7 +479,7 @@ static ec_status parse_object(parser *ps, ec_json *v)
     size_t n = ps->top - base;
     ec_json_member *members = arena_alloc(ps->doc, n * sizeof *members + 1);
     if (!members) return out_of_memory(ps);
-    memcpy(members, ps->stack + base, n * sizeof *members);
+    if (n) memcpy(members, ps->stack + base, n * sizeof *members); /* the stack is NULL until first used */
     ps->top = base;
     ps->depth--;
     v->type = EC_JSON_OBJECT;

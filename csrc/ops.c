@@ -11,13 +11,13 @@
 
 #define KERNEL(name, bindings, push) {#name, ec_spv_##name, sizeof ec_spv_##name, bindings, push}
 enum { K_MATMUL, K_MATVEC, K_ADD, K_NORM, K_ACTIVATION, K_SOFTMAX, K_ROPE, K_ATTENTION, K_EMBEDDING,
-       K_COPY2D, K_POOL2D, K_ARGMAX, K_PATCHIFY };
+       K_COPY2D, K_POOL2D, K_ARGMAX, K_PATCHIFY, K_PEAK_FMA };
 const ec_kernel_def ec_kernels[] = {
     KERNEL(matmul, "STTS", 32),     KERNEL(matvec, "TTTS", 32),  KERNEL(add, "SSS", 28),
     KERNEL(norm, "STTS", 24),       KERNEL(activation, "SSS", 28), KERNEL(softmax, "SS", 20),
     KERNEL(rope, "SS", 24),         KERNEL(attention, "STTSS", 60), KERNEL(embedding, "STS", 16),
     KERNEL(copy2d, "SS", 24),       KERNEL(pool2d, "SS", 24),    KERNEL(argmax, "SS", 12),
-    KERNEL(patchify, "SS", 20),
+    KERNEL(patchify, "SS", 20),     KERNEL(peak_fma, "S", 8),
 };
 const int ec_kernel_count = sizeof ec_kernels / sizeof ec_kernels[0];
 
@@ -139,7 +139,7 @@ ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *b
         return ec_dispatch(ctx, p, bind, push, (uint32_t)((N + rows_per_group - 1) / rows_per_group), 1, 1);
     }
 
-    const uint32_t TM = 4, TN = 4;
+    const uint32_t TM = 8, TN = 8;
     uint32_t width = is_cpu(ctx) ? ctx->info.subgroup_size : 64;
     EC_TRY(pipeline(ctx, K_MATMUL, width, wtype(w), bias ? wtype(bias) : 0, TM, TN, &p));
     /* Rows of x and y beyond one storage binding go in chunks (e.g. the logits of a long prompt). */
@@ -476,4 +476,20 @@ ec_status ec_op_zero(ec_context *ctx, ec_tensor *t)
                           .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
     vkCmdPipelineBarrier(ctx->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
     return EC_OK;
+}
+
+ec_status ec_op_peak_fma(ec_context *ctx, ec_tensor *out, uint32_t iterations)
+{
+    EC_TRY(need_f32(out, "peak_fma output"));
+    uint32_t width = is_cpu(ctx) ? ctx->info.subgroup_size : 256;
+    uint64_t n = (uint64_t)ec_numel(out) / width * width;
+    if (n == 0) return ec_fail(EC_ERR_ARG, "peak_fma: the output needs at least %u values", width);
+    ec_pipeline *p;
+    EC_TRY(pipeline(ctx, K_PEAK_FMA, width, 0, 0, 0, 0, &p));
+    ec_binding bind[1];
+    EC_TRY(bind_span(out, 0, n, &bind[0], NULL));
+    float seed = 0.5f;
+    uint32_t push[2] = {iterations, 0};
+    memcpy(&push[1], &seed, 4);
+    return ec_dispatch(ctx, p, bind, push, (uint32_t)(n / width), 1, 1);
 }

@@ -66,6 +66,9 @@ ec_status ec_op_argmax(ec_context *ctx, ec_tensor *x, ec_tensor *out);
 /* pixels [B, C, S, S] -> patches [B * (S/P)^2, C * P * P] for the patch-embedding matmul. */
 ec_status ec_op_patchify(ec_context *ctx, ec_tensor *pixels, int patch, ec_tensor *out);
 
+/* Benchmark probe: iterations x 64 FMAs per invocation, one invocation per value of out. */
+ec_status ec_op_peak_fma(ec_context *ctx, ec_tensor *out, uint32_t iterations);
+
 /* Sets every byte of t to zero. */
 ec_status ec_op_zero(ec_context *ctx, ec_tensor *t);
 

@@ -17,7 +17,10 @@ PyObject *ec_py_raise(ec_status s)
     case EC_ERR_INTERRUPTED: type = PyExc_KeyboardInterrupt; break;
     default: break;
     }
-    PyErr_SetString(type, ec_last_error());
+    /* A message cut at the buffer's end may split a UTF-8 character: decode leniently. */
+    const char *msg = ec_last_error();
+    PyObject *text = PyUnicode_DecodeUTF8(msg, (Py_ssize_t)strlen(msg), "replace");
+    if (text) { PyErr_SetObject(type, text); Py_DECREF(text); }
     return NULL;
 }
 

@@ -257,6 +257,18 @@ static PyObject *op_zero(PyObject *self, PyObject *args)
     RUN_OP(ctx, ec_op_zero(ctx, tx));
 }
 
+static PyObject *op_peak_fma(PyObject *self, PyObject *args)
+{
+    PyObject *x;
+    unsigned int iterations;
+    if (!PyArg_ParseTuple(args, "OI", &x, &iterations)) return NULL;
+    ec_tensor *tx = TENSOR(x);
+    if (!tx) return NULL;
+    ec_context *ctx = ctx_or_null();
+    if (!ctx) return NULL;
+    RUN_OP(ctx, ec_op_peak_fma(ctx, tx, iterations));
+}
+
 PyMethodDef ec_py_ops_methods[] = {
     {"op_matmul", op_matmul, METH_VARARGS, "op_matmul(x, w, bias_or_None, y, accumulate=False): y (+)= x w^T + bias"},
     {"op_add", op_add, METH_VARARGS, "op_add(a, b, out, alpha=1): out = a + alpha*b (b repeated)"},
@@ -273,6 +285,7 @@ PyMethodDef ec_py_ops_methods[] = {
     {"op_pool2d", op_pool2d, METH_VARARGS, "op_pool2d(x, batch, h, w, oh, ow, y): adaptive average pooling"},
     {"op_argmax", op_argmax, METH_VARARGS, "op_argmax(x, out_int32)"},
     {"op_patchify", op_patchify, METH_VARARGS, "op_patchify(pixels, patch, out)"},
+    {"op_peak_fma", op_peak_fma, METH_VARARGS, "op_peak_fma(out, iterations): FMA-throughput probe (benchmarks)"},
     {"op_zero", op_zero, METH_VARARGS, "op_zero(t): fill with zeros"},
     {NULL, NULL, 0, NULL},
 };

@@ -7,6 +7,7 @@
 
 #include <string.h>
 
+#include "json.h"
 #include "safetensors.h"
 #include "tensor.h"
 
@@ -310,14 +311,17 @@ static int64_t integer_at(const ec_st_tensor *t, size_t i, int *out_of_range)
 static ec_status integers_to_int32(const ec_st_tensor *t, int32_t **out)
 {
     int32_t *dst = malloc((size_t)t->numel * sizeof *dst + 1);
-    if (!dst) return ec_fail(EC_ERR_OOM, "out of host memory converting tensor '%s' to int32", t->name);
+    if (!dst)
+        return ec_fail(EC_ERR_OOM, "out of host memory converting a %lld-element tensor to int32", (long long)t->numel);
     for (size_t i = 0; i < (size_t)t->numel; i++) {
         int too_big = 0;
         int64_t v = integer_at(t, i, &too_big);
         if (too_big || v < INT32_MIN || v > INT32_MAX) {
+            char name[100];
+            ec_json_printable(name, sizeof name, t->name, strlen(t->name));
             free(dst);
-            return ec_fail(EC_ERR_ARG, "tensor '%.200s' (%s) holds a value out of the int32 range device tensors use, "
-                           "at flat index %zu", t->name, ec_st_dtype_name(t->dtype), i);
+            return ec_fail(EC_ERR_ARG, "tensor '%s' (%s) holds a value out of the int32 range device tensors use, at "
+                           "flat index %zu", name, ec_st_dtype_name(t->dtype), i);
         }
         dst[i] = (int32_t)v;
     }

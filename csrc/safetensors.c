@@ -85,7 +85,10 @@ static quoted_path qp(const char *s)
     return r;
 }
 
-static ec_status no_memory(void) { return ec_fail(EC_ERR_OOM, "out of host memory while reading a safetensors checkpoint"); }
+static ec_status no_memory(void)
+{
+    return ec_fail(EC_ERR_OOM, "out of host memory while reading a safetensors checkpoint");
+}
 
 static char *copy_string(const char *s, size_t len)
 {
@@ -213,7 +216,8 @@ static ec_status read_shape(const char *file, const char *name, size_t name_len,
             return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' has shape entry %zu that is not a non-negative integer",
                            qp(file).s, q(name).s, i);
         if (d && numel > (uint64_t)INT64_MAX / bits / (uint64_t)d)
-            return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' has a shape whose element count overflows", qp(file).s, q(name).s);
+            return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' has a shape whose element count overflows", qp(file).s,
+                           q(name).s);
         numel *= (uint64_t)d;
     }
     void *block = malloc(ndim * sizeof(int64_t) + name_len + 1);
@@ -243,11 +247,14 @@ static ec_status read_offsets(const char *file, const char *name, const ec_json 
                        "section is %llu bytes)", qp(file).s, q(name).s, (long long)b, (long long)en,
                        (unsigned long long)sh->data_size);
     uint64_t bits = (uint64_t)e->numel * dtypes[e->dtype].bits; /* cannot overflow: read_shape checked */
-    if (bits % 8 || (uint64_t)(en - b) != bits / 8)
+    if (bits % 8)
+        return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' has %lld elements of the %u-bit %s, which do not fill a whole "
+                       "number of bytes", qp(file).s, q(name).s, (long long)e->numel, dtypes[e->dtype].bits,
+                       dtypes[e->dtype].name);
+    if ((uint64_t)(en - b) != bits / 8)
         return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' has data_offsets [%lld, %lld] spanning %lld bytes, but %lld "
-                       "elements of %s take %s%llu bytes", qp(file).s, q(name).s, (long long)b, (long long)en,
-                       (long long)(en - b), (long long)e->numel, dtypes[e->dtype].name, bits % 8 ? "a fractional " : "",
-                       (unsigned long long)(bits / 8));
+                       "elements of %s take %llu bytes", qp(file).s, q(name).s, (long long)b, (long long)en,
+                       (long long)(en - b), (long long)e->numel, dtypes[e->dtype].name, (unsigned long long)(bits / 8));
     e->begin = (uint64_t)b;
     e->end = (uint64_t)en;
     return EC_OK;
@@ -435,14 +442,14 @@ static int meta_cmp(const void *x, const void *y)
  * and keeps the first reading of each key. */
 static ec_status finish(ec_st_file *f)
 {
-    qsort(f->entries, f->count, sizeof *f->entries, entry_cmp);
+    if (f->count) qsort(f->entries, f->count, sizeof *f->entries, entry_cmp); /* the tables are NULL while empty */
     for (size_t i = 1; i < f->count; i++) {
         const entry *a = &f->entries[i - 1], *b = &f->entries[i];
         if (strcmp(a->name, b->name) == 0)
             return ec_fail(EC_ERR_FORMAT, "%s: tensor '%s' is in two shards, %s and %s", qp(f->path).s, q(a->name).s,
                            q(f->shards[a->shard].file_name).s, q(f->shards[b->shard].file_name).s);
     }
-    qsort(f->meta, f->nmeta, sizeof *f->meta, meta_cmp);
+    if (f->nmeta) qsort(f->meta, f->nmeta, sizeof *f->meta, meta_cmp);
     size_t kept = 0;
     for (size_t i = 0; i < f->nmeta; i++) {
         if (kept && strcmp(f->meta[kept - 1].key, f->meta[i].key) == 0) {
@@ -532,7 +539,8 @@ static ec_status open_index(ec_st_file *f, const char *index_path)
     EC_TRY(map_path(index_path, &map, &size, &err));
     char *dir = parent_dir(index_path);
     ec_json_doc *doc = NULL;
-    ec_status s = dir ? ec_json_parse((const char *)map, size, NULL, qp(index_path).s, &doc) : no_memory();
+    /* An empty file maps to NULL: parse it as "" for the usual message. */
+    ec_status s = dir ? ec_json_parse(map ? (const char *)map : "", size, NULL, qp(index_path).s, &doc) : no_memory();
     const ec_json *weight_map = ec_json_get(ec_json_root(doc), "weight_map");
     if (s == EC_OK && (!weight_map || weight_map->type != EC_JSON_OBJECT))
         s = ec_fail(EC_ERR_FORMAT, "%s: an index must be a JSON object with a \"weight_map\" object", qp(index_path).s);

@@ -38,7 +38,7 @@ from . import _core
 #: - ``path``, ``closed``.
 SafetensorsFile = _core.safetensors_file_type()
 
-__all__ = ["SafetensorsFile", "open_safetensors"]
+__all__ = ["SafetensorsFile", "open_safetensors", "save_safetensors"]
 
 
 def open_safetensors(path: str | os.PathLike) -> SafetensorsFile:
@@ -53,3 +53,50 @@ def open_safetensors(path: str | os.PathLike) -> SafetensorsFile:
     not a valid checkpoint (including an index that names a missing shard, or a directory without one).
     """
     return SafetensorsFile(path)
+
+
+_NUMPY_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
+                 "int16": "I16", "int8": "I8", "uint8": "U8", "uint16": "U16", "uint32": "U32", "bool": "BOOL"}
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Writes a safetensors file (the converter's and ``eyecare make-tiny``'s writer; no torch needed).
+
+    ``tensors`` maps names to NumPy arrays, or to ``(uint16_array, "BF16")`` for bfloat16 bits (NumPy has
+    no bfloat16). The file is written to a temporary name and renamed, so a failed write never leaves a
+    truncated checkpoint behind."""
+    import json
+
+    import numpy as np
+
+    header, blobs, offset = {}, [], 0
+    for name in sorted(tensors):
+        value = tensors[name]
+        if isinstance(value, tuple):
+            array, dtype = np.ascontiguousarray(value[0]), value[1]
+            if dtype == "BF16" and array.dtype != np.uint16:
+                raise ValueError(f"{name}: BF16 data must be given as uint16 bits")
+        else:
+            array = np.ascontiguousarray(value)
+            dtype = _NUMPY_DTYPES.get(array.dtype.name)
+            if dtype is None:
+                raise ValueError(f"{name}: cannot store a {array.dtype} array in safetensors")
+        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # keeps the data section 8-byte aligned, as the reference writer does
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(len(text).to_bytes(8, "little"))
+            f.write(text)
+            for blob in blobs:
+                f.write(blob)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -3,12 +3,18 @@
 // B sequences of T tokens, Hq query heads sharing Hkv key/value heads (grouped-query attention).
 // Causal: query t of sequence b sits at position len[b] - T + t and sees keys 0..that position;
 // otherwise (vision) every query sees all len[b] keys. Each invocation owns one query row; the
-// lanes of a workgroup are consecutive queries of one head, so they read the same key at the same
-// time (uniform loads). K and V come through texel views: a long KV cache may pass 128 MiB.
+// lanes of a workgroup are consecutive queries of one head, so they all need the same key at the
+// same time. K and V come through texel views (a long KV cache may pass 128 MiB).
+//
+// Fetches whose address differs per lane are what llvmpipe does slowest, so on the fast path the
+// lanes fetch a key row together (lane l takes texels l, l + width, ...) and share it by subgroup
+// broadcast: D/4 fetches per key become D/(4*width).
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
 #include "common.glsl"
 
 layout(constant_id = 2) const uint D = 64;       // head dimension (any: 72 for SigLIP, 128 for Qwen2)
+const uint D4 = (D + 3) / 4;
 
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
 layout(binding = 1) uniform usamplerBuffer K;
@@ -24,6 +30,8 @@ layout(push_constant) uniform P {
     float scale;
 } p;
 
+vec4 fetch4(usamplerBuffer buf, uint e) { return uintBitsToFloat(texelFetch(buf, int(e >> 2))); }
+
 void main()
 {
     uint t = gl_GlobalInvocationID.x, h = gl_WorkGroupID.y, b = gl_WorkGroupID.z;
@@ -36,43 +44,62 @@ void main()
     uint wg_last_t = min(gl_WorkGroupID.x * gl_WorkGroupSize.x + gl_WorkGroupSize.x - 1, p.T - 1);
     int wg_last = p.causal != 0 ? len - int(p.T) + int(wg_last_t) : len - 1;
 
-    float qv[D], acc[D];
     uint qb = p.q_off + b * p.q_seq + tq * p.q_row + h * D;
-    for (uint d = 0; d < D; d++) { qv[d] = q[qb + d] * p.scale; acc[d] = 0.0; }
-
+    uint kv_head = b * p.kv_seq + hk * D;
     float m = -3.402823466e38, l = 0.0;
-    bool vec_ok = (D % 4 == 0) && (p.k_off % 4 == 0) && (p.v_off % 4 == 0) && (p.kv_row % 4 == 0) && (p.kv_seq % 4 == 0);
-    for (int s = 0; s <= wg_last; s++) {
-        uint kb = p.k_off + b * p.kv_seq + uint(s) * p.kv_row + hk * D;
-        uint vb = kb - p.k_off + p.v_off;
-        float score = 0.0;
-        if (vec_ok) {
-            for (uint d = 0; d < D; d += 4) {
-                vec4 kv = uintBitsToFloat(texelFetch(K, int((kb + d) >> 2)));
-                score += qv[d] * kv.x + qv[d + 1] * kv.y + qv[d + 2] * kv.z + qv[d + 3] * kv.w;
-            }
-        } else {
-            for (uint d = 0; d < D; d++) score += qv[d] * fetch_f32(K, kb + d);
+    float o_out[D];
+
+    bool shared_path = D % 4 == 0 && p.k_off % 4 == 0 && p.v_off % 4 == 0 && p.kv_row % 4 == 0 &&
+                       p.kv_seq % 4 == 0 && gl_NumSubgroups == 1;
+    if (shared_path) {
+        // The workgroup width (specialization constant 0) is the subgroup size on this path, and a
+        // compile-time constant: with it every array index below is constant once the loops unroll,
+        // so the arrays stay in registers instead of per-lane scratch memory.
+        const uint width = gl_WorkGroupSize.x, chunks = (D4 + width - 1) / width;
+        uint lane = gl_SubgroupInvocationID;
+        vec4 qv[D4], acc[D4];
+        [[unroll]] for (uint d = 0; d < D4; d++) {
+            qv[d] = vec4(q[qb + 4 * d], q[qb + 4 * d + 1], q[qb + 4 * d + 2], q[qb + 4 * d + 3]) * p.scale;
+            acc[d] = vec4(0.0);
         }
-        if (s > last) continue;
-        float m_new = max(m, score);
-        float corr = exp(m - m_new), w = exp(score - m_new);
-        l = l * corr + w;
-        m = m_new;
-        if (vec_ok) {
-            for (uint d = 0; d < D; d += 4) {
-                vec4 vv = uintBitsToFloat(texelFetch(V, int((vb + d) >> 2)));
-                acc[d] = acc[d] * corr + w * vv.x;
-                acc[d + 1] = acc[d + 1] * corr + w * vv.y;
-                acc[d + 2] = acc[d + 2] * corr + w * vv.z;
-                acc[d + 3] = acc[d + 3] * corr + w * vv.w;
+        for (int s = 0; s <= wg_last; s++) {
+            uint kb = p.k_off + kv_head + uint(s) * p.kv_row, vb = kb - p.k_off + p.v_off;
+            vec4 kpart[chunks], vpart[chunks];
+            [[unroll]] for (uint c = 0; c < chunks; c++) {
+                uint d4 = min(c * width + lane, D4 - 1);
+                kpart[c] = fetch4(K, kb + 4 * d4);
+                vpart[c] = fetch4(V, vb + 4 * d4);
             }
-        } else {
-            for (uint d = 0; d < D; d++) acc[d] = acc[d] * corr + w * fetch_f32(V, vb + d);
+            float score = 0.0;
+            [[unroll]] for (uint d = 0; d < D4; d++) score += dot(qv[d], subgroupBroadcast(kpart[d / width], d % width));
+            // A masked key leaves the state as it is: exp(-inf) = 0 and the correction is 1.
+            if (s > last) score = -1.0 / 0.0;
+            float m_new = max(m, score);
+            float corr = exp(m - m_new), w = exp(score - m_new);
+            l = l * corr + w;
+            m = m_new;
+            [[unroll]] for (uint d = 0; d < D4; d++) acc[d] = acc[d] * corr + w * subgroupBroadcast(vpart[d / width], d % width);
         }
+        [[unroll]] for (uint d = 0; d < D4; d++)
+            [[unroll]] for (uint e = 0; e < 4; e++) o_out[4 * d + e] = acc[d][e];
+    } else {
+        float qv[D], acc[D];
+        [[unroll]] for (uint d = 0; d < D; d++) { qv[d] = q[qb + d] * p.scale; acc[d] = 0.0; }
+        for (int s = 0; s <= wg_last; s++) {
+            if (s > last) continue;
+            uint kb = p.k_off + kv_head + uint(s) * p.kv_row, vb = kb - p.k_off + p.v_off;
+            float score = 0.0;
+            [[unroll]] for (uint d = 0; d < D; d++) score += qv[d] * fetch_f32(K, kb + d);
+            float m_new = max(m, score);
+            float corr = exp(m - m_new), w = exp(score - m_new);
+            l = l * corr + w;
+            m = m_new;
+            [[unroll]] for (uint d = 0; d < D; d++) acc[d] = acc[d] * corr + w * fetch_f32(V, vb + d);
+        }
+        [[unroll]] for (uint d = 0; d < D; d++) o_out[d] = acc[d];
     }
     if (!in_range) return;
     float inv = l > 0.0 ? 1.0 / l : 0.0;
     uint ob = p.o_off + b * p.o_seq + t * p.o_row + h * D;
-    for (uint d = 0; d < D; d++) o[ob + d] = acc[d] * inv;
+    [[unroll]] for (uint d = 0; d < D; d++) o[ob + d] = o_out[d] * inv;
 }

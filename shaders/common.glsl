@@ -2,6 +2,7 @@
 // size unless a kernel says otherwise); 1 is the weight dtype of the kernel's texel-buffer operand.
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_KHR_shader_subgroup_ballot : require
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint WTYPE = 0;

@@ -34,8 +34,33 @@ void main()
     uint cols[TN];
     for (uint j = 0; j < TN; j++) cols[j] = min(n0 + j, p.N - 1);
 
-    if (p.aligned != 0) {
-        // K is a multiple of the elements per texel: whole texels, no per-element indexing.
+    if (p.aligned != 0 && gl_SubgroupSize >= per_texel() && gl_NumSubgroups == 1) {
+        // K is a multiple of the elements per texel: whole texels, no per-element indexing. Each lane
+        // loads one x value per row per step (lane l: element l of the step) and the subgroup shares
+        // them by broadcast: loads whose address varies per lane are llvmpipe's slowest operation, and
+        // this makes one such load serve TN columns x 8 lanes.
+        uint step = per_texel();
+        uint texels_per_row = p.K / step;
+        uint lane_k = gl_SubgroupInvocationID % step;
+        for (uint t = 0; t < texels_per_row; t++) {
+            vec4 wlo[TN], whi[TN];
+            for (uint j = 0; j < TN; j++) unpack_texel(texelFetch(W, int(cols[j] * texels_per_row + t)), wlo[j], whi[j]);
+            uint k = t * step + lane_k;
+            for (uint i = 0; i < TM; i++) {
+                float xl = x[rows[i] + k];
+                for (uint e = 0; e < 4; e++) {
+                    float xe = subgroupBroadcast(xl, e);
+                    for (uint j = 0; j < TN; j++) acc[i][j] += xe * wlo[j][e];
+                }
+                if (WTYPE != W_F32) {
+                    for (uint e = 0; e < 4; e++) {
+                        float xe = subgroupBroadcast(xl, e + 4);
+                        for (uint j = 0; j < TN; j++) acc[i][j] += xe * whi[j][e];
+                    }
+                }
+            }
+        }
+    } else if (p.aligned != 0) {
         uint step = per_texel();
         uint texels_per_row = p.K / step;
         for (uint t = 0; t < texels_per_row; t++) {

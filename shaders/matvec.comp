@@ -1,8 +1,9 @@
 #version 450
 // y[M,N] = x[M,K] W[N,K]^T (+ bias) (+ y) for a few rows of x (decode: M = batch of sequences).
-// Memory-bound: every weight is read once and used for all M vectors. A workgroup takes ROWS rows of
-// W; its lanes stride along K one texel at a time (8 bf16/f16 weights a fetch), and a subgroup sum
-// finishes each dot product. x is read through a texel view too: wide, uniform loads win on llvmpipe.
+// Memory-bound: every weight is read once and used for all M vectors. A workgroup (one subgroup on
+// lavapipe) takes ROWS rows of W; lane l reads texels l, l+width, ... of every row (8 bf16/f16
+// weights a fetch), so the x values it needs are the same for all ROWS rows: it loads them once per
+// texel column and reuses them ROWS times. A subgroup sum finishes each dot product.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
@@ -25,32 +26,45 @@ void main()
 {
     uint lane = gl_LocalInvocationID.x;
     uint width = gl_WorkGroupSize.x;
-    for (uint r = 0; r < ROWS; r++) {
-        uint n = gl_WorkGroupID.x * ROWS + r;
-        if (n >= p.N) break;
-        float acc[NM];
-        for (uint m = 0; m < NM; m++) acc[m] = 0.0;
-        if (p.aligned != 0) {
-            uint step = per_texel();
-            uint texels = p.K / step;
-            for (uint t = lane; t < texels; t += width) {
+    uint n0 = gl_WorkGroupID.x * ROWS;
+    float acc[ROWS][NM];
+    for (uint r = 0; r < ROWS; r++)
+        for (uint m = 0; m < NM; m++) acc[r][m] = 0.0;
+
+    if (p.aligned != 0) {
+        uint step = per_texel();
+        uint texels = p.K / step;
+        for (uint t = lane; t < texels; t += width) {
+            vec4 xlo[NM], xhi[NM];
+            for (uint m = 0; m < NM; m++) {
+                uint xt = (p.x_off + m * p.K + t * step) >> 2;  // x texel (4 floats)
+                xlo[m] = uintBitsToFloat(texelFetch(X, int(xt)));
+                xhi[m] = WTYPE == W_F32 ? vec4(0.0) : uintBitsToFloat(texelFetch(X, int(xt + 1)));
+            }
+            for (uint r = 0; r < ROWS; r++) {
+                uint n = min(n0 + r, p.N - 1);
                 vec4 wlo, whi;
                 unpack_texel(texelFetch(W, int(n * texels + t)), wlo, whi);
-                for (uint m = 0; m < NM; m++) {
-                    uint xt = (p.x_off + m * p.K + t * step) >> 2;  // x texel (4 floats)
-                    acc[m] += dot(uintBitsToFloat(texelFetch(X, int(xt))), wlo);
-                    if (WTYPE != W_F32) acc[m] += dot(uintBitsToFloat(texelFetch(X, int(xt + 1))), whi);
-                }
-            }
-        } else {
-            for (uint k = lane; k < p.K; k += width) {
-                float w = fetch_elem(W, n * p.K + k);
-                for (uint m = 0; m < NM; m++) acc[m] += w * fetch_f32(X, p.x_off + m * p.K + k);
+                for (uint m = 0; m < NM; m++) acc[r][m] += dot(xlo[m], wlo) + dot(xhi[m], whi);
             }
         }
+    } else {
+        for (uint k = lane; k < p.K; k += width) {
+            float xv[NM];
+            for (uint m = 0; m < NM; m++) xv[m] = fetch_f32(X, p.x_off + m * p.K + k);
+            for (uint r = 0; r < ROWS; r++) {
+                float w = fetch_elem(W, min(n0 + r, p.N - 1) * p.K + k);
+                for (uint m = 0; m < NM; m++) acc[r][m] += w * xv[m];
+            }
+        }
+    }
+
+    for (uint r = 0; r < ROWS; r++) {
+        uint n = n0 + r;
+        if (n >= p.N) break;
         float bias = p.has_bias != 0 ? fetch_elem_as(B, n, BTYPE) : 0.0;
         for (uint m = 0; m < NM; m++) {
-            float s = workgroup_sum(acc[m]);
+            float s = workgroup_sum(acc[r][m]);
             if (lane == 0) {
                 uint o = p.y_off + m * p.N + n;
                 y[o] = p.accumulate != 0 ? y[o] + s + bias : s + bias;

@@ -62,7 +62,8 @@ def _dataset(tmp_path, n=10):
 def test_run_writes_one_line_per_record_in_order(tmp_path):
     records = _dataset(tmp_path)
     model = Scripted(fail_on=["03"], timings=True)
-    result = run(records, model, tmp_path / "out" / "predictions.jsonl", model_name="scripted", progress=False)
+    result = run(records, model, tmp_path / "out" / "predictions.jsonl", model_name="scripted", progress=False,
+                 batch_size=4)
     assert (result.total, result.resumed, result.completed, result.errors) == (10, 0, 10, 1)
     rows = read_predictions(tmp_path / "out" / "predictions.jsonl")
     assert [r["id"] for r in rows] == [r.id for r in records]
@@ -74,6 +75,7 @@ def test_run_writes_one_line_per_record_in_order(tmp_path):
     assert ok["timings"] == {"decode_tokens_per_s": 45.0, "total_ms": 12.5, "note": "x"}
     assert ok["latency_ms"] >= 0 and ok["images"] == ["img/4.png"] and ok["answer"] == "Answer 4"
     assert ok["prompt"] == "Question number 04?" and ok["task"] == "open" and ok["modality"] == "oct"
+    assert {r["batch_size"] for r in rows} == {1}     # no generate(): asked and written one by one
 
 
 def test_generate_is_used_for_batches_and_failures_are_pinned_per_record(tmp_path):

@@ -206,7 +206,7 @@ def _from_schema(obj: dict, where: str, base: Path, problems: _Problems) -> Opti
 
 
 def _check_gold(record: Record, problems: _Problems) -> None:
-    if record.task == "closed" and record.gold is None:
+    if record.task == "closed" and record.gold is None and len(record.options) <= 8:
         expected = (f"an option letter A-{'ABCDEFGH'[len(record.options) - 1]} or one option's text"
                     if record.options else "yes or no (or give `options` for a multiple-choice question)")
         problems.add(record.where, "answer", f"of a closed question must be {expected} (got {record.answer!r})")
@@ -250,6 +250,9 @@ def _from_llava(obj: dict, where: str, base: Path, problems: _Problems, index: i
         options = obj.get("options")
         if options is not None:
             options = _string_list(options, where, "options", problems) or []
+            if options and not 2 <= len(options) <= 8:
+                problems.add(where, "options", f"must list 2 to 8 options (got {len(options)})")
+                return []
         else:
             options = split_options(question)[1]
         if task_given is not None:

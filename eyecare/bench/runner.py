@@ -132,21 +132,18 @@ def _ask_one(model, record: Record):
 
 
 def _ask_batch(model, batch: Sequence[Record]) -> list:
-    generate = getattr(model, "generate", None)
-    if len(batch) > 1 and callable(generate):
-        start = time.perf_counter()
-        try:
-            outputs = [_text_of(o) for o in generate(
-                [{"question": r.prompt, "images": list(r.images)} for r in batch])]
-            if len(outputs) != len(batch):
-                raise ValueError(f"generate returned {len(outputs)} results for {len(batch)} requests")
-        except Exception:
-            # Ask one by one so the error is pinned on the record that causes it.
-            return [_ask_one(model, r) for r in batch]
-        per_record_ms = (time.perf_counter() - start) * 1000.0 / len(batch)
-        timings = _timings_of(model)
-        return [(text, None, per_record_ms, timings) for text in outputs]
-    return [_ask_one(model, r) for r in batch]
+    start = time.perf_counter()
+    try:
+        outputs = [_text_of(o) for o in model.generate(
+            [{"question": r.prompt, "images": list(r.images)} for r in batch])]
+        if len(outputs) != len(batch):
+            raise ValueError(f"generate returned {len(outputs)} results for {len(batch)} requests")
+    except Exception:
+        # Ask one by one so the error is pinned on the record that causes it.
+        return [_ask_one(model, r) for r in batch]
+    per_record_ms = (time.perf_counter() - start) * 1000.0 / len(batch)
+    timings = _timings_of(model)
+    return [(text, None, per_record_ms, timings) for text in outputs]
 
 
 def _row(record: Record, model_name, text, error, latency_ms, timings, batch_size) -> dict:
@@ -180,11 +177,15 @@ def run(records: Sequence[Record], model, predictions_path, *, model_name: Optio
         errors = 0
         from tqdm.auto import tqdm  # core dependency; imported here to keep `import eyecare.bench` light
 
+        # Without generate() a batch would only delay the writes, so chat models go one by one and
+        # a kill loses at most the record in flight.
+        step = batch_size if batch_size > 1 and callable(getattr(model, "generate", None)) else 1
         with tqdm(total=len(records), initial=resumed, unit="rec", desc=model_name or "bench",
                   disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-            for start in range(0, len(pending), batch_size):
-                batch = pending[start:start + batch_size]
-                for record, (text, error, ms, timings) in zip(batch, _ask_batch(model, batch)):
+            for start in range(0, len(pending), step):
+                batch = pending[start:start + step]
+                results = _ask_batch(model, batch) if step > 1 else [_ask_one(model, batch[0])]
+                for record, (text, error, ms, timings) in zip(batch, results):
                     out.write(json.dumps(_row(record, model_name, text, error, ms, timings, len(batch)),
                                          ensure_ascii=False) + "\n")
                     out.flush()
