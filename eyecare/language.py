@@ -127,20 +127,18 @@ def load_decoder_weights(ckpt, config: DecoderConfig, prefix: str = "") -> dict:
             dtype = "float32"
         return _tensor(np.concatenate(arrays), dtype)
 
-    weights = {}
-    for name in config.checkpoint_tensors():
-        if config.model_type == "qwen2" and (".self_attn.q_proj." in name or ".mlp.gate_proj." in name):
-            layer = name.rsplit(".self_attn.", 1)[0] if ".self_attn." in name else name.rsplit(".mlp.", 1)[0]
-            if ".self_attn." in name:
-                kind = name.rsplit(".", 1)[1]  # weight or bias
-                weights[f"{layer}.self_attn.qkv_proj.{kind}"] = fused(
-                    [f"{layer}.self_attn.{p}.{kind}" for p in ("q_proj", "k_proj", "v_proj")])
-            else:
-                weights[f"{layer}.mlp.gate_up_proj.weight"] = fused([f"{layer}.mlp.gate_proj.weight", f"{layer}.mlp.up_proj.weight"])
-        elif config.model_type == "qwen2" and any(p in name for p in (".k_proj.", ".v_proj.", ".up_proj.")):
-            continue  # fused with q_proj / gate_proj above
-        else:
-            weights[name] = ckpt.to_device(prefix + name)
+    # Qwen2: fused name -> the checkpoint tensors concatenated into it (rows: q, k, v; gate, up).
+    fusions = {}
+    if config.model_type == "qwen2":
+        for i in range(config.num_hidden_layers):
+            p = f"model.layers.{i}."
+            for kind in ("weight", "bias"):
+                fusions[f"{p}self_attn.qkv_proj.{kind}"] = [f"{p}self_attn.{x}_proj.{kind}" for x in "qkv"]
+            fusions[f"{p}mlp.gate_up_proj.weight"] = [f"{p}mlp.gate_proj.weight", f"{p}mlp.up_proj.weight"]
+    parts = {n for names in fusions.values() for n in names}
+    weights = {n: ckpt.to_device(prefix + n) for n in config.checkpoint_tensors() if n not in parts}
+    for name, names in fusions.items():
+        weights[name] = fused(names)
     return weights
 
 

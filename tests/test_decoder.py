@@ -280,3 +280,24 @@ def test_device_choice_and_close(phi3):
         lm.forward(input_ids=[1])
     with pytest.raises(ValueError, match="already runs on"):
         LanguageModel.from_pretrained(d, device="no-such-device")
+
+
+def test_mixed_dtypes_within_a_fused_projection(tmp_path):
+    # Qwen2's q/k/v are fused on loading; when they are stored in different dtypes they are widened to f32.
+    from safetensors.torch import save_file
+
+    model = qwen2_model(seed=12)
+    save_checkpoint(model, str(tmp_path))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    for k in state:
+        if ".k_proj." in k or ".up_proj." in k:
+            state[k] = state[k].to(torch.bfloat16)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    ref = reference_with_dtype(model, torch.float32)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if ".k_proj." in name or ".up_proj." in name:
+                p.copy_(p.to(torch.bfloat16).float())
+    lm = LanguageModel.from_pretrained(tmp_path, max_context=24)
+    assert lm._weights["model.layers.0.self_attn.qkv_proj.weight"].dtype == "float32"
+    check_prefill_and_decode(lm, ref, 7, steps=3)
