@@ -54,8 +54,26 @@ class Tokenizer:
             if not isinstance(self.config, dict):
                 raise ValueError(f"{config_path} must hold a JSON object")
         self.special_tokens = {k: t for k in SPECIAL_TOKEN_KEYS if (t := _token_text(self.config.get(k))) is not None}
+        if "add_bos_token" in self.config or "add_eos_token" in self.config or self._tok.post_processor is None:
+            self._set_post_processor(bool(self.config.get("add_bos_token")), bool(self.config.get("add_eos_token")))
         self.chat_template = self._find_chat_template(directory)
         self.clean_up_tokenization_spaces = bool(self.config.get("clean_up_tokenization_spaces", False))
+
+    def _set_post_processor(self, add_bos: bool, add_eos: bool):
+        # As transformers does when tokenizer_config.json says add_bos_token / add_eos_token (or
+        # tokenizer.json has no post-processor): that decides what encode() adds, over tokenizer.json.
+        from tokenizers import processors
+
+        special = []
+        for add, key in ((add_bos, "bos_token"), (add_eos, "eos_token")):
+            token = self.special_tokens.get(key) if add else None
+            token_id = None if token is None else self._tok.token_to_id(token)
+            special.append((token, token_id) if token_id is not None else None)
+        bos, eos = special
+        single = f"{bos[0] + ':0 ' if bos else ''}$A:0{' ' + eos[0] + ':0' if eos else ''}"
+        pair = f"{single}{' ' + bos[0] + ':1' if bos else ''} $B:1{' ' + eos[0] + ':1' if eos else ''}"
+        self._tok.post_processor = processors.TemplateProcessing(single=single, pair=pair,
+                                                                 special_tokens=[t for t in special if t])
 
     def _find_chat_template(self, directory: str) -> str | None:
         template = self.config.get("chat_template")

@@ -92,3 +92,18 @@ def test_chat_template_jinja_file_is_read(tmp_path):
     (tmp_path / "chat_template.jinja").write_text(template)
     out = Tokenizer(tmp_path).apply_chat_template([{"role": "user", "content": "Hi"}])
     assert out == "<|user|>\nHi<|end|>\n<|assistant|>\n"
+
+
+@pytest.mark.parametrize("add_bos,add_eos", [(True, False), (True, True), (False, False)])
+def test_add_bos_and_eos_flags(tmp_path, add_bos, add_eos):
+    # tokenizer_config.json's add_bos_token / add_eos_token decide what encode() adds, over
+    # tokenizer.json's post-processor (transformers' LlamaTokenizerFast convention).
+    write_tokenizer(str(tmp_path), "phi3")
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.update(add_bos_token=add_bos, add_eos_token=add_eos)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = Tokenizer(tmp_path)
+    plain = tok.encode("Intraocular pressure", add_special_tokens=False)
+    want = [tok.bos_token_id] * add_bos + plain + [tok.eos_token_id] * add_eos
+    assert tok.encode("Intraocular pressure") == want
+    assert tok.decode(want) == "Intraocular pressure"
