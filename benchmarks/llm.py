@@ -161,10 +161,13 @@ def run(kind: str, layers: int, prompt: int, new: int, bandwidth: float, do_prof
           f"{flops / (out.prefill_ms / 1e3) / 1e9:6.1f} GFLOP/s")
     steps = len(out.token_ids) - 1
     tps = out.decode_tokens_per_s
+    step_device_ms = core.last_batch_ms()
+    bandwidth = max(bandwidth, copy_bandwidth()[0])  # the machine may be shared: the best copy seen
     bound = bandwidth * 1e9 / per_token
     print(f"  decode {steps} tokens: {out.decode_ms / 1e3:6.2f} s  {tps:8.2f} tokens/s  {per_token * tps / 1e9:6.2f} GB/s of "
-          f"weights = {100 * tps / bound:5.1f} % of the bandwidth bound ({bound:.1f} tokens/s); "
-          f"{lm._decoder.dispatches} dispatches per step")
+          f"weights = {100 * tps / bound:5.1f} % of the bandwidth bound ({bound:.1f} tokens/s at {bandwidth:.1f} GB/s)")
+    print(f"    per step: {out.decode_ms / steps:.1f} ms wall, {step_device_ms:.1f} ms device (last step), "
+          f"{lm._decoder.dispatches} dispatches")
     if do_profile:
         profile(lm, rng)
     lm.close()
