@@ -123,6 +123,10 @@ static _Noreturn void stb_check_failed(const char *check)
 /* stb_image declares functions this file does not use (one, stbi_set_unpremultiply_on_load_thread, is declared but
  * never defined in v2.27); GCC reports those at the end of the file, outside any push/pop, so this stays off. */
 #pragma GCC diagnostic ignored "-Wunused-function"
+/* stb copies zero bytes to a NULL pointer in places (a PNG whose first IDAT chunk is empty): harmless, but undefined
+ * behaviour that UBSan reports. Its memcpy calls go through one that skips empty copies (<string.h> is already in). */
+static inline void *stb_memcpy(void *dst, const void *src, size_t n) { return n ? memcpy(dst, src, n) : dst; }
+#define memcpy stb_memcpy
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wsign-compare"
 #pragma GCC diagnostic ignored "-Wunused-but-set-variable"
@@ -130,6 +134,7 @@ static _Noreturn void stb_check_failed(const char *check)
 #pragma GCC diagnostic ignored "-Wtype-limits"
 #include <stb_image.h>
 #pragma GCC diagnostic pop
+#undef memcpy
 
 /* One call into stb_image: read the header only, or decode to 8-bit RGB. */
 typedef struct stb_call {
@@ -139,12 +144,52 @@ typedef struct stb_call {
     int width, height, channels;
     uint8_t *rgb; /* decode result, handed over to the caller (unlinked from the session) */
     int ok;
+    size_t pos;           /* decode: how far stb has read */
+    const char *refill;   /* decode: stb's own read-ahead buffer (the target of its first read) */
+    int read_past_end;    /* decode: stb needed bytes after the last one */
 } stb_call;
+
+/* Decoding goes through stb's callback interface rather than its memory one so that a truncated file is noticed:
+ * from memory, stb reads zeros past the end, and BMP, GIF, TGA, PSD and HDR files cut short then "decode" with
+ * black where the data was missing. stb reads in two ways: it refills its read-ahead buffer (always the target of
+ * its first read) when it needs one more byte, so a refill at the end means truncation; and it reads a known count
+ * straight into its own arrays, where a short read means truncation. */
+static int stb_read(void *user, char *out, int n)
+{
+    stb_call *c = user;
+    if (!c->refill) c->refill = out;
+    size_t left = (size_t)c->size - c->pos;
+    if (n > 0 && (out == c->refill ? left == 0 : (size_t)n > left)) c->read_past_end = 1;
+    size_t k = n < 0 ? 0 : (size_t)n < left ? (size_t)n : left;
+    memcpy(out, c->data + c->pos, k);
+    c->pos += k;
+    return (int)k;
+}
+
+static void stb_skip(void *user, int n)
+{
+    stb_call *c = user;
+    if (n < 0) { /* stb's contract allows ungetting bytes */
+        c->pos = (size_t)-n > c->pos ? 0 : c->pos - (size_t)-n;
+    } else if ((size_t)n > (size_t)c->size - c->pos) {
+        c->read_past_end = 1;
+        c->pos = (size_t)c->size;
+    } else {
+        c->pos += (size_t)n;
+    }
+}
+
+static int stb_eof(void *user)
+{
+    stb_call *c = user;
+    return c->pos >= (size_t)c->size;
+}
 
 static void stb_call_run(stb_call *c)
 {
     if (c->decode) {
-        c->rgb = stbi_load_from_memory(c->data, c->size, &c->width, &c->height, &c->channels, 3);
+        static const stbi_io_callbacks io = {stb_read, stb_skip, stb_eof};
+        c->rgb = stbi_load_from_callbacks(&io, c, &c->width, &c->height, &c->channels, 3);
         c->ok = c->rgb != NULL;
     } else {
         c->ok = stbi_info_from_memory(c->data, c->size, &c->width, &c->height, &c->channels);
@@ -160,10 +205,117 @@ static void session_release_all(void)
     }
 }
 
+/* ---------------------------------------------------------------------------------------------------------------
+ * Known defects of Debian's stb_image (v2.27) that a file can reach: they are memory-safety bugs, not failed checks,
+ * so they are refused before stb sees the data.
+ * ------------------------------------------------------------------------------------------------------------- */
+
+/* stb reads past the end of its buffer as zeros; so does this. */
+static uint8_t byte_at(const uint8_t *d, size_t n, size_t i) { return i < n ? d[i] : 0; }
+
+/* One DHT segment's tables, parsed as stb parses them (table after table while the declared length lasts, reading on
+ * past it if the counts say so). stb 2.27 builds each table without checking that it holds at most 256 symbols
+ * (upstream 2.28 added the check), and more overflow its arrays. */
+static int jpeg_dht_ok(const uint8_t *d, size_t n, size_t p, long remaining)
+{
+    while (remaining > 0) {
+        long symbols = 0;
+        for (int i = 1; i <= 16; i++) symbols += byte_at(d, n, p + (size_t)i);
+        if (symbols > 256) return 0;
+        p += 17 + (size_t)symbols;
+        remaining -= 17 + symbols;
+    }
+    return 1;
+}
+
+/* Walks a JPEG's markers the way stb does (segments by their lengths, entropy-coded data up to the next marker that
+ * is not a stuffed byte or a restart) and checks every Huffman table stb would build. Not a JPEG: nothing to check. */
+static int jpeg_tables_ok(const uint8_t *d, size_t n)
+{
+    if (n < 2 || d[0] != 0xFF || d[1] != 0xD8) return 1;
+    size_t p = 2;
+    while (p + 1 < n) {
+        uint8_t m = d[p + 1];
+        if (d[p] != 0xFF || m == 0xFF) { /* data, garbage between segments, or a fill byte before a marker */
+            p++;
+            continue;
+        }
+        if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) { /* stuffed 0xFF, TEM, RSTn, SOI: no length */
+            p += 2;
+            continue;
+        }
+        if (m == 0xD9) return 1; /* EOI: stb stops here */
+        size_t length = (size_t)byte_at(d, n, p + 2) << 8 | byte_at(d, n, p + 3);
+        if (m == 0xC4 && !jpeg_dht_ok(d, n, p + 4, (long)length - 2)) return 0;
+        p += 2 + length;
+    }
+    return 1;
+}
+
+/* stb's HDR header tokenizer (stbi__hdr_gettoken): a line, at most 1023 characters kept; returns the next offset. */
+#define HDR_TOKEN_MAX 1024
+static size_t hdr_token(const uint8_t *d, size_t n, size_t p, char token[HDR_TOKEN_MAX])
+{
+    int len = 0;
+    char c = (char)byte_at(d, n, p++);
+    while (p < n && c != '\n') {
+        token[len++] = c;
+        if (len == HDR_TOKEN_MAX - 1) {
+            while (p < n && byte_at(d, n, p++) != '\n') continue;
+            break;
+        }
+        c = (char)byte_at(d, n, p++);
+    }
+    token[len] = 0;
+    return p;
+}
+
+/* stb 2.27 decodes a run-length scanline of an HDR file in a loop that only advances on a non-zero count; past the end
+ * of the data every count reads as zero, so a truncated HDR file hangs the decoder forever (upstream 2.28 fixed it).
+ * This follows stb's parse (header, size line, then scanline by scanline) and refuses a file whose run-length data
+ * ends before a scanline is complete. Anything stb would reject or decode without run-lengths passes. */
+static int hdr_runs_complete(const uint8_t *d, size_t n)
+{
+    static const char magic1[] = "#?RADIANCE\n", magic2[] = "#?RGBE\n";
+    if (!(n >= sizeof magic1 - 1 && memcmp(d, magic1, sizeof magic1 - 1) == 0) &&
+        !(n >= sizeof magic2 - 1 && memcmp(d, magic2, sizeof magic2 - 1) == 0))
+        return 1;
+    char token[HDR_TOKEN_MAX];
+    size_t p = hdr_token(d, n, 0, token);
+    do p = hdr_token(d, n, p, token); while (token[0]); /* header lines up to the empty one */
+    p = hdr_token(d, n, p, token);                      /* "-Y <height> +X <width>" */
+    if (strncmp(token, "-Y ", 3) != 0) return 1;
+    char *t = token + 3;
+    long height = strtol(t, &t, 10);
+    while (*t == ' ') t++;
+    if (strncmp(t, "+X ", 3) != 0) return 1;
+    long width = strtol(t + 3, NULL, 10);
+    if (width < 8 || width >= 32768 || height > EC_IMAGE_MAX_SIDE) return 1; /* flat pixels or rejected: no runs */
+    for (long y = 0; y < height; y++) {
+        if (byte_at(d, n, p) != 2 || byte_at(d, n, p + 1) != 2 || (byte_at(d, n, p + 2) & 0x80)) return 1; /* flat */
+        if ((long)(byte_at(d, n, p + 2) << 8 | byte_at(d, n, p + 3)) != width) return 1; /* stb rejects it */
+        p += 4;
+        for (int channel = 0; channel < 4; channel++)
+            for (long x = 0; x < width;) {
+                if (p >= n) return 0; /* every count from here on is zero: stb would never finish */
+                long count = d[p++];
+                if (count > 128) count -= 128, p++; /* a run: one value */
+                else p += (size_t)count;            /* a dump: count values */
+                if (count > width - x) return 1;    /* stb rejects it */
+                x += count;
+            }
+    }
+    return 1;
+}
+
 /* Runs c inside a session that allows at most `budget` bytes of live allocations. Returns EC_OK whether or not stb
  * accepted the data (c->ok says); an error only for a failed internal check or the memory budget. */
 static ec_status stb_guarded(stb_call *c, size_t budget)
 {
+    if (!jpeg_tables_ok(c->data, (size_t)c->size))
+        return ec_fail(EC_ERR_FORMAT, "corrupt JPEG: a Huffman table declares more than 256 symbols");
+    if (c->decode && !hdr_runs_complete(c->data, (size_t)c->size))
+        return ec_fail(EC_ERR_FORMAT, "corrupt HDR image: its run-length data ends in the middle of a scanline");
     session.active = 1;
     session.live.h.prev = session.live.h.next = &session.live;
     session.live_bytes = 0;
@@ -211,27 +363,47 @@ ec_status ec_image_info(const uint8_t *data, size_t size, int *width, int *heigh
     return EC_OK;
 }
 
-static ec_status check_pixel_limit(int width, int height, uint64_t max_pixels)
+static ec_status check_pixel_limit(uint64_t width, uint64_t height, uint64_t max_pixels)
 {
-    uint64_t pixels = (uint64_t)width * (uint64_t)height;
+    uint64_t pixels = width * height; /* sides are below 2^32, so this cannot wrap */
     if (pixels > max_pixels)
         return ec_fail(EC_ERR_LIMIT,
-                       "image of %dx%d = %llu pixels is over the limit of %llu pixels (max_pixels; a guard against "
+                       "image of %llux%llu = %llu pixels is over the limit of %llu pixels (max_pixels; a guard against "
                        "decompression bombs)",
-                       width, height, (unsigned long long)pixels, (unsigned long long)max_pixels);
+                       (unsigned long long)width, (unsigned long long)height, (unsigned long long)pixels,
+                       (unsigned long long)max_pixels);
     return EC_OK;
+}
+
+/* stb_image's header parser refuses a PNG over 2^30 bytes of pixels, and then reports only "unknown image type";
+ * reading the size from IHDR here lets such a file fail with the pixel limit it actually exceeds. */
+static int png_declared_size(const uint8_t *data, size_t size, uint64_t *width, uint64_t *height)
+{
+    static const uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    if (size < 24 || memcmp(data, signature, 8) != 0 || memcmp(data + 12, "IHDR", 4) != 0) return 0;
+    const uint8_t *p = data + 16;
+    *width = (uint64_t)p[0] << 24 | (uint64_t)p[1] << 16 | (uint64_t)p[2] << 8 | p[3];
+    *height = (uint64_t)p[4] << 24 | (uint64_t)p[5] << 16 | (uint64_t)p[6] << 8 | p[7];
+    return 1;
 }
 
 ec_status ec_image_decode(const uint8_t *data, size_t size, uint64_t max_pixels, ec_image *out)
 {
     if (!out) return ec_fail(EC_ERR_ARG, "ec_image_decode: out is NULL");
     memset(out, 0, sizeof *out);
+    EC_TRY(check_data_size(size));
+    uint64_t png_w, png_h;
+    if (data && png_declared_size(data, size, &png_w, &png_h)) EC_TRY(check_pixel_limit(png_w, png_h, max_pixels));
     int width, height;
     EC_TRY(ec_image_info(data, size, &width, &height));
-    EC_TRY(check_pixel_limit(width, height, max_pixels));
+    EC_TRY(check_pixel_limit((uint64_t)width, (uint64_t)height, max_pixels));
 
     stb_call c = {.data = data, .size = (int)size, .decode = 1};
     EC_TRY(stb_guarded(&c, (size_t)width * (size_t)height * DECODE_BYTES_PER_PIXEL + DECODE_SLACK));
+    if (c.ok && c.read_past_end) {
+        stb_free(c.rgb);
+        return ec_fail(EC_ERR_FORMAT, "truncated image: the data ends before the image does (%zu bytes)", size);
+    }
     if (!c.ok)
         return ec_fail(EC_ERR_FORMAT, "cannot decode image: %s (corrupt or truncated data)",
                        stbi_failure_reason() ? stbi_failure_reason() : "unknown error");
@@ -239,7 +411,7 @@ ec_status ec_image_decode(const uint8_t *data, size_t size, uint64_t max_pixels,
     out->height = c.height;
     out->rgb = c.rgb;
     /* The header was checked already; this only guards against a decoder that disagrees with its own header. */
-    ec_status s = check_pixel_limit(c.width, c.height, max_pixels);
+    ec_status s = check_pixel_limit((uint64_t)c.width, (uint64_t)c.height, max_pixels);
     if (s != EC_OK) ec_image_free(out);
     return s;
 }
@@ -504,6 +676,11 @@ ec_status ec_image_resize_bicubic(const uint8_t *src, int src_w, int src_h, size
 
 void ec_image_fit_size(int src_w, int src_h, int target_w, int target_h, int *new_w, int *new_h)
 {
+    if (src_w < 1 || src_h < 1) { /* no aspect ratio to keep */
+        *new_w = target_w;
+        *new_h = target_h;
+        return;
+    }
     /* Python's floats are doubles, so these are the exact values transformers' get_patch_output_size computes. */
     double scale_w = (double)target_w / src_w;
     double scale_h = (double)target_h / src_h;

@@ -105,6 +105,8 @@ static PyObject *py_set_memory_budget(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_context_created(PyObject *self, PyObject *args) { return PyBool_FromLong(default_context != NULL); }
+
 static PyObject *py_validation_messages(PyObject *self, PyObject *args)
 {
     return PyLong_FromLong(ec_validation_message_count());
@@ -142,6 +144,7 @@ PyMethodDef ec_py_device_methods[] = {
     {"devices", py_devices, METH_NOARGS, "devices() -> list of dicts describing each Vulkan device."},
     {"device_info", py_device_info, METH_NOARGS, "device_info() -> dict for the device eyecare uses (creating its context)."},
     {"set_memory_budget", py_set_memory_budget, METH_VARARGS, "set_memory_budget(bytes): cap eyecare's device memory (0 = none)."},
+    {"context_created", py_context_created, METH_NOARGS, "True once the device context exists (a device was chosen)."},
     {"validation_messages", py_validation_messages, METH_NOARGS, "Number of Vulkan validation-layer messages so far."},
     {"last_batch_ms", py_last_batch_ms, METH_NOARGS, "Device time of the last submitted batch, in ms (timestamps)."},
     {"begin", py_begin, METH_NOARGS, "begin(): record the following ops into one batch (until submit())."},

@@ -4,7 +4,11 @@ line and exit 1, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
+from pathlib import Path
 
 
 def cmd_devices(args) -> int:
@@ -17,21 +21,151 @@ def cmd_devices(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    from .checkpoint import read_config
+    from .safetensors import open_safetensors
+
+    config = read_config(args.model)
+    v, t = config["vision_config"], config["text_config"]
+    parts = {"vision_tower.": [0, 0], "connector.": [0, 0], "language_model.": [0, 0]}
+    dtypes = {}
+    itemsize = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4}
+    with open_safetensors(args.model) as ckpt:
+        for name in ckpt.names():
+            dtype, shape = ckpt.info(name)
+            count = 1
+            for s in shape:
+                count *= s
+            dtypes[dtype] = dtypes.get(dtype, 0) + 1
+            for prefix, acc in parts.items():
+                if name.startswith(prefix):
+                    acc[0] += count
+                    acc[1] += count * itemsize.get(dtype, 4)
+    kv_per_token = 2 * t["num_hidden_layers"] * t.get("num_key_value_heads", t["num_attention_heads"]) * \
+        (t["hidden_size"] // t["num_attention_heads"]) * 4
+    weights = sum(b for _, b in parts.values())
+    print(f"EyecareGPT checkpoint: {args.model}")
+    print(f"  vision   SigLIP {v['num_hidden_layers']} layers x {v['hidden_size']} ({v['num_attention_heads']} heads), "
+          f"{v['image_size']} px views, patch {v['patch_size']}")
+    print(f"  LLM      {t['model_type']} {t['num_hidden_layers']} layers x {t['hidden_size']}, "
+          f"{t['num_attention_heads']} heads / {t.get('num_key_value_heads', t['num_attention_heads'])} KV heads, "
+          f"vocab {t['vocab_size']}")
+    print(f"  connector {json.dumps(config.get('connector', {}))}")
+    print(f"  adaptive resolution {json.dumps(config.get('adaptive_resolution', {}))}")
+    for prefix, (count, nbytes) in parts.items():
+        print(f"  {prefix:<16} {count / 1e6:10.1f} M parameters {nbytes / 2**20:10.1f} MiB")
+    print(f"  dtypes   {', '.join(f'{k} x{n}' for k, n in sorted(dtypes.items()))}")
+    print(f"  device memory: {weights / 2**30:.2f} GiB of weights + {kv_per_token * 4096 / 2**30:.2f} GiB of "
+          f"KV cache for a 4096-token context (f32)")
+    return 0
+
+
+def _default_model() -> Path:
+    """A tiny random model, created once under the user cache directory."""
+    from .tiny import make_tiny
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eyecare" / "tiny-phi3"
+    if not (cache / "config.json").is_file():
+        print(f"eyecare: creating a tiny random model in {cache}", file=sys.stderr)
+        make_tiny(cache, "phi3")
+    return cache
+
+
+def cmd_chat(args) -> int:
+    from .model import EyecareGPT
+
+    path = args.model
+    if path is None:
+        path = _default_model()
+        print("eyecare: no --model given: using a tiny RANDOM model, so the answer is meaningless. Convert the "
+              "published weights (eyecare convert) and pass --model DIR for real answers.", file=sys.stderr)
+    for image in args.image:
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"{image}: no such image file")
+    model = EyecareGPT.from_pretrained(path, max_context=args.max_context, progress=sys.stderr.isatty())
+    start = time.perf_counter()
+    for piece in model.chat(args.question, images=args.image, system=args.system, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, top_p=args.top_p, seed=args.seed, stream=True):
+        print(piece, end="", flush=True)
+    print()
+    t = model.timings
+    total = (time.perf_counter() - start) * 1e3
+    print(f"[{len(args.image)} image(s), {t.get('tokens', 0)} tokens | vision {t.get('vision_ms', 0):.0f} ms, "
+          f"prefill {t.get('prefill_ms', 0):.0f} ms ({t.get('prefill_tokens_per_s', 0):.1f} tok/s), "
+          f"decode {t.get('decode_ms', 0):.0f} ms ({t.get('decode_tokens_per_s', 0):.1f} tok/s), total {total:.0f} ms]",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert_llava, convert_parts
+
+    if args.llava:
+        if args.vision or args.llm or args.connector:
+            raise ValueError("give either --llava DIR, or --vision, --llm and --connector")
+        written = convert_llava(args.llava, args.out, vision_config=args.vision_config,
+                                text_model_type=args.text_model_type, dtype=args.dtype)
+    else:
+        if not (args.vision and args.llm and args.connector):
+            raise ValueError("give --vision DIR --llm DIR --connector FILE (or --llava DIR)")
+        written = convert_parts(args.vision, args.llm, args.connector, args.out, dtype=args.dtype)
+    print(f"wrote {args.out}: {', '.join(p.name for p in written)}")
+    return 0
+
+
+def cmd_make_tiny(args) -> int:
+    from .tiny import make_tiny
+
+    out = make_tiny(args.out, args.family, dtype=args.dtype, seed=args.seed)
+    print(f"wrote a tiny random {args.family} EyecareGPT to {out} (its answers are meaningless)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eyecare", description="EyecareGPT on Vulkan: any GPU, or the CPU via lavapipe.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     p = sub.add_parser("devices", help="list the Vulkan devices (EYECARE_DEVICE picks one by index or name)")
     p.set_defaults(func=cmd_devices)
-    for register in _registrars():
-        register(sub)
+
+    p = sub.add_parser("info", help="describe a checkpoint: config, parameters, dtypes, memory needed")
+    p.add_argument("model", metavar="DIR")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("chat", help="ask a question about images (streams the answer)")
+    p.add_argument("question")
+    p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: a tiny random model)")
+    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image (repeat for several)")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-context", type=int, default=4096)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("convert", help="build a checkpoint directory from HF parts or a LLaVA-style checkpoint")
+    p.add_argument("out", metavar="OUT_DIR")
+    p.add_argument("--vision", metavar="DIR", help="Hugging Face SigLIP checkpoint")
+    p.add_argument("--llm", metavar="DIR", help="Hugging Face Phi-3 or Qwen2 checkpoint (with its tokenizer)")
+    p.add_argument("--connector", metavar="FILE", help="safetensors of the projector (0.weight, 2.weight ...)")
+    p.add_argument("--llava", metavar="DIR", help="a LLaVA-style merged checkpoint instead of the three parts")
+    p.add_argument("--vision-config", metavar="FILE", help="SigLIP config.json, when the LLaVA config lacks one")
+    p.add_argument("--text-model-type", choices=["phi3", "qwen2"], help="the LLM family, when the LLaVA config hides it")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="cast the weights (default: as stored)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("make-tiny", help="write a tiny random-weight checkpoint (tests, demos, benchmarks)")
+    p.add_argument("out", metavar="OUT_DIR")
+    p.add_argument("--family", choices=["phi3", "qwen2"], default="phi3")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_tiny)
+
+    from .bench.cli import register as register_bench
+
+    register_bench(sub)
     return parser
-
-
-def _registrars():
-    from .bench.cli import register as bench
-
-    return [bench]
 
 
 def main(argv=None) -> int:
@@ -45,7 +179,10 @@ def main(argv=None) -> int:
         print("eyecare: interrupted", file=sys.stderr)
         return 130
     except user_facing_errors() as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        message = text.splitlines()[0] if text else type(e).__name__
+        if text.count("\n") and "checkpoint does not match" in text:
+            message = f"{message} {text.count(chr(10))} problem(s), first: {text.splitlines()[1].strip()}"
         print(f"eyecare {args.command}: error: {message}", file=sys.stderr)
         return 1
 
