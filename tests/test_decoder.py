@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 import eyecare
 from eyecare import LanguageModel
@@ -24,14 +25,18 @@ TOL = dict(rtol=2e-4, atol=2e-4)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# transformers 5 calls the KV cache `cache`; 4 called it `past_key_values`.
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 def hf_logits(model, ids, steps):
     """transformers' logits for a prefill of `ids`, then one decode step per token in `steps`."""
     with torch.no_grad():
         out = model(torch.tensor([ids]), use_cache=True)
-        cache, logits = out.cache, [out.logits[0].numpy()]
+        cache, logits = getattr(out, CACHE), [out.logits[0].numpy()]
         for t in steps:
-            out = model(torch.tensor([[t]]), cache=cache, use_cache=True)
-            cache = out.cache
+            out = model(torch.tensor([[t]]), use_cache=True, **{CACHE: cache})
+            cache = getattr(out, CACHE)
             logits.append(out.logits[0, -1].numpy())
     return logits
 
