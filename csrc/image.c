@@ -424,10 +424,11 @@ void ec_image_free(ec_image *img)
     img->width = img->height = 0;
 }
 
-/* Reads a whole regular file (not a pipe or device, which could block or never end). */
+/* Reads a whole regular file. Pipes and devices are refused (they could block or never end); O_NONBLOCK keeps even
+ * the open of a FIFO from waiting for a writer, and does nothing to reads of a regular file. */
 static ec_status read_file(const char *path, uint8_t **data, size_t *size)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return ec_fail(EC_ERR_IO, "cannot open image file '%s': %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {

@@ -307,6 +307,10 @@ def test_unreadable_paths_and_bad_arguments(tmp_path):
         _core.decode_image(str(tmp_path / "missing.png"))
     with pytest.raises(OSError, match="not a regular file"):
         _core.decode_image(str(tmp_path))
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it must not wait for a writer
+    with pytest.raises(OSError, match="not a regular file"):
+        _core.decode_image(str(fifo))
     for bad in (0, -1, 1.5, "many"):
         with pytest.raises((ValueError, TypeError)):
             _core.decode_image(LOSSLESS["png_rgb"], max_pixels=bad)
