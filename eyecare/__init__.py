@@ -19,6 +19,7 @@ _LAZY = {
     "DeviceMemoryError": ("_core", "DeviceMemoryError"),
     "Tensor": ("_core", "Tensor"),
     "EyecareProcessor": ("processor", "EyecareProcessor"),
+    "LanguageModel": ("language", "LanguageModel"),
 }
 
 
