@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := mesa-vulkan-drivers libvulkan-dev glslang-tools vulkan-valida
 .PHONY: demo test bench deps system-deps python-deps build clean
 
 demo: deps
-	$(PYTHON) -m eyecare.cli chat --image examples/images/fundus.png --image examples/images/oct.png \
+	$(PYTHON) -m eyecare.cli chat --image examples/bench/images/fundus.png --image examples/bench/images/oct.png \
 		"Describe the findings in these images."
 
 test: deps
