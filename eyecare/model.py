@@ -236,10 +236,10 @@ class EyecareGPT:
 
     def _record(self, out, vision_ms):
         self.last_output = out
-        timings = dict(getattr(out, "timings", {}) or {})
-        timings["vision_ms"] = vision_ms
-        timings["tokens"] = len(out.token_ids)
-        self.timings = timings
+        self.timings = {"vision_ms": vision_ms, "prompt_tokens": out.prompt_tokens, "prefill_ms": out.prefill_ms,
+                        "prefill_tokens_per_s": out.prefill_tokens_per_s, "decode_ms": out.decode_ms,
+                        "decode_tokens_per_s": out.decode_tokens_per_s, "tokens": len(out.token_ids),
+                        "finish_reason": out.finish_reason}
 
 
 def _sampling(temperature):

@@ -28,7 +28,8 @@ def test_greedy_chat_equals_transformers(tiny, images):
     got = model.last_output.token_ids
     assert got == want[:len(got)] and (len(got) == len(want) or want[len(got)] in model.language.eos_token_ids), (got, want)
     assert answer == model.language.decode(got)
-    assert model.timings["tokens"] == len(got) and model.timings["vision_ms"] >= 0
+    t = model.timings
+    assert t["tokens"] == len(got) and t["vision_ms"] >= 0 and t["prefill_ms"] > 0 and t["prompt_tokens"] > 0
 
 
 def test_image_tokens_equal_the_reference(tiny):
