@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from . import _core
+from ._locking import ModelLock
 from .config import DecoderConfig
 from .core import devices, device_info, tensor as _tensor, from_bfloat16
 from .sampling import SamplingParams
@@ -241,6 +242,7 @@ class LanguageModel:
         self.max_batch = max_batch
         self._weights = weights
         self._decoder = _core.decoder_type()(config.to_core(), weights, max_context, max_batch, prefill_chunk)
+        self._lock = ModelLock("language model")
         eos = self.generation_config.get("eos_token_id", config.eos_token_id or None)
         if eos is None and tokenizer is not None:
             eos = tokenizer.eos_token_id
@@ -290,10 +292,11 @@ class LanguageModel:
 
     def close(self):
         """Frees the cache, activations and weights now rather than when the object is collected."""
-        self._decoder.close()
-        for t in self._weights.values():
-            t.free()
-        self._weights = {}
+        with self._lock.held():
+            self._decoder.close()
+            for t in self._weights.values():
+                t.free()
+            self._weights = {}
 
     def __enter__(self):
         return self
@@ -329,7 +332,8 @@ class LanguageModel:
     def embed(self, ids) -> np.ndarray:
         """Token embeddings, float32 [len(ids), hidden]: the input to splice image embeddings into."""
         ids = self._ids_array(ids, 1)
-        return self._decoder.embed(ids)
+        with self._lock.held():
+            return self._decoder.embed(ids)
 
     def _ids_array(self, ids, ndim) -> np.ndarray:
         a = np.asarray(ids)
@@ -374,11 +378,12 @@ class LanguageModel:
             raise ValueError(f"{B} sequences, but the model was created with max_batch={self.max_batch}")
         if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be 0 (all) or a positive count, not {logits_to_keep!r}")
-        if not use_cache:
-            for b in range(B):
-                self._decoder.set_length(b, 0)
         mode = "last" if logits_to_keep == 1 else "all"
-        out = self._decoder.forward(ids, emb, 0, mode)
+        with self._lock.held():
+            if not use_cache:
+                for b in range(B):
+                    self._decoder.set_length(b, 0)
+            out = self._decoder.forward(ids, emb, 0, mode)
         if mode == "last":
             out = out[:, None, :]
         elif 0 < logits_to_keep < T:
@@ -447,9 +452,10 @@ class LanguageModel:
         in length), then the group decodes together, one token per sequence per forward pass."""
         rng = params.generator()
         outputs = []
-        for g0 in range(0, len(items), self.max_batch):
-            group = yield from self._group_events(items[g0:g0 + self.max_batch], g0, params, max_new, stops, rng)
-            outputs.extend(group)
+        with self._lock.held():
+            for g0 in range(0, len(items), self.max_batch):
+                group = yield from self._group_events(items[g0:g0 + self.max_batch], g0, params, max_new, stops, rng)
+                outputs.extend(group)
         return outputs
 
     def _group_events(self, items, index0, params, max_new, stops, rng):
