@@ -41,6 +41,11 @@ PyObject *ec_py_raise(ec_status s);
         Py_END_ALLOW_THREADS                          \
     } while (0)
 
+/* Takes the context lock from a thread holding the GIL. While another thread's device work holds the
+ * lock it waits with the GIL released, and it never holds the lock while waiting for the GIL, so the
+ * two locks cannot deadlock. Every GIL holder that needs the context lock goes through here. */
+void ec_py_lock(ec_context *ctx);
+
 /* The default context (created on first use from EYECARE_DEVICE, EYECARE_VALIDATE,
  * EYECARE_MAX_DEVICE_MEMORY); NULL with a Python exception set when there is no usable device. */
 ec_context *ec_py_context(void);

@@ -171,7 +171,7 @@ done:
 static void decoder_release(DecoderObject *self)
 {
     if (self->d) {
-        pthread_mutex_lock(&self->ctx->lock);
+        ec_py_lock(self->ctx);
         ec_decoder_destroy(self->d);
         pthread_mutex_unlock(&self->ctx->lock);
         self->d = NULL;

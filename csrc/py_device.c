@@ -59,6 +59,16 @@ static PyObject *info_dict(const ec_device_info *d)
                          "max_workgroup_invocations", d->max_workgroup_invocations);
 }
 
+void ec_py_lock(ec_context *ctx)
+{
+    while (pthread_mutex_trylock(&ctx->lock) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&ctx->lock);
+        pthread_mutex_unlock(&ctx->lock);
+        Py_END_ALLOW_THREADS
+    }
+}
+
 static void set_item(PyObject *d, const char *key, PyObject *value)
 {
     if (value) { PyDict_SetItemString(d, key, value); Py_DECREF(value); }

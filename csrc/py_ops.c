@@ -7,12 +7,25 @@
 #define TENSOR(obj) ((ec_tensor *)ec_py_tensor_get((obj), 0))
 #define TENSOR_OR_NONE(obj) ((ec_tensor *)ec_py_tensor_get((obj), 1))
 
-/* Records the op and, unless the caller holds a batch open, submits and waits; GIL released. */
-#define RUN_OP(ctx, call)                                                              \
+/* Records the op and, unless the caller holds a batch open, submits and waits; GIL released. The
+ * operands (the Python objects after `call`) are checked again once the context lock is held: another
+ * thread may have freed one since its pointer was taken, and a freed tensor stays freed. */
+#define RUN_OP(ctx, call, ...)                                                         \
     do {                                                                               \
+        PyObject *objs_[] = {__VA_ARGS__};                                             \
+        RUN_OP_CHECKING(ctx, call, objs_, sizeof objs_ / sizeof objs_[0]);             \
+    } while (0)
+
+#define RUN_OP_CHECKING(ctx, call, objs_, n_objs_)                                     \
+    do {                                                                               \
+        ec_py_lock(ctx);                                                               \
+        for (size_t i_ = 0; i_ < (size_t)(n_objs_); i_++)                              \
+            if (objs_[i_] && !ec_py_tensor_get(objs_[i_], 1) && PyErr_Occurred()) {   \
+                pthread_mutex_unlock(&(ctx)->lock);                                    \
+                return NULL;                                                           \
+            }                                                                          \
         ec_status s_;                                                                  \
         Py_BEGIN_ALLOW_THREADS                                                         \
-        pthread_mutex_lock(&(ctx)->lock);                                              \
         int batched_ = (ctx)->recording;                                               \
         s_ = (call);                                                                   \
         if (!s_ && !batched_) s_ = ec_batch_submit(ctx);                               \
@@ -36,7 +49,7 @@ static PyObject *op_matmul(PyObject *self, PyObject *args)
     if (PyErr_Occurred()) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_matmul(ctx, tx, tw, tb, ty, accumulate));
+    RUN_OP(ctx, ec_op_matmul(ctx, tx, tw, tb, ty, accumulate), x, w, b, y);
 }
 
 static PyObject *op_add(PyObject *self, PyObject *args)
@@ -48,7 +61,7 @@ static PyObject *op_add(PyObject *self, PyObject *args)
     if (!to) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_add(ctx, ta, tb, alpha, to));
+    RUN_OP(ctx, ec_op_add(ctx, ta, tb, alpha, to), a, b, o);
 }
 
 static PyObject *op_layernorm(PyObject *self, PyObject *args)
@@ -62,7 +75,7 @@ static PyObject *op_layernorm(PyObject *self, PyObject *args)
     if (PyErr_Occurred()) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_layernorm(ctx, tx, tw, tb, eps, ty));
+    RUN_OP(ctx, ec_op_layernorm(ctx, tx, tw, tb, eps, ty), x, w, b, y);
 }
 
 static PyObject *op_rmsnorm(PyObject *self, PyObject *args)
@@ -74,7 +87,7 @@ static PyObject *op_rmsnorm(PyObject *self, PyObject *args)
     if (!ty) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_rmsnorm(ctx, tx, tw, eps, ty));
+    RUN_OP(ctx, ec_op_rmsnorm(ctx, tx, tw, eps, ty), x, w, y);
 }
 
 static PyObject *op_activation(PyObject *self, PyObject *args)
@@ -91,7 +104,7 @@ static PyObject *op_activation(PyObject *self, PyObject *args)
     if (!ty) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_activation(ctx, k, tx, ty));
+    RUN_OP(ctx, ec_op_activation(ctx, k, tx, ty), x, y);
 }
 
 /* op_silu_mul(gate, up_or_None, y): with up None, gate holds [gate | up] halves (Phi-3's gate_up). */
@@ -111,7 +124,7 @@ static PyObject *op_silu_mul(PyObject *self, PyObject *args)
         size_t f = (size_t)ty->shape[ty->ndim - 1];
         up = (ec_cols){tg, f, gate.stride};
     }
-    RUN_OP(ctx, ec_op_silu_mul(ctx, gate, up, ty));
+    RUN_OP(ctx, ec_op_silu_mul(ctx, gate, up, ty), g, u, y);
 }
 
 static PyObject *op_softmax(PyObject *self, PyObject *args)
@@ -123,7 +136,7 @@ static PyObject *op_softmax(PyObject *self, PyObject *args)
     if (!ty) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_softmax(ctx, tx, scale, ty));
+    RUN_OP(ctx, ec_op_softmax(ctx, tx, scale, ty), x, y);
 }
 
 /* op_rope(x, cos_sin, n_heads, head_dim, rot_dim, col_offset=0): x [T, row] in place. */
@@ -141,7 +154,7 @@ static PyObject *op_rope(PyObject *self, PyObject *args)
     ec_cols c = ec_whole(tx);
     c.off = (size_t)off;
     int64_t tokens = tx->shape[0];
-    RUN_OP(ctx, ec_op_rope(ctx, c, tokens, heads, dim, rot, tc));
+    RUN_OP(ctx, ec_op_rope(ctx, c, tokens, heads, dim, rot, tc), x, cs);
 }
 
 /* op_attention(q, k, v, out, lengths, batch, tokens, kv_rows, n_heads, n_kv_heads, head_dim, causal, scale)
@@ -162,7 +175,7 @@ static PyObject *op_attention(PyObject *self, PyObject *args)
     if (!ctx) return NULL;
     a.q = ec_whole(tq); a.k = ec_whole(tk); a.v = ec_whole(tv); a.out = ec_whole(to);
     a.batch = B; a.tokens = T; a.kv_rows = S; a.causal = causal; a.lengths = tl;
-    RUN_OP(ctx, ec_op_attention(ctx, &a));
+    RUN_OP(ctx, ec_op_attention(ctx, &a), q, k, v, o, l);
 }
 
 static PyObject *op_embedding(PyObject *self, PyObject *args)
@@ -173,7 +186,7 @@ static PyObject *op_embedding(PyObject *self, PyObject *args)
     if (!to) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_embedding(ctx, ti, tt, to));
+    RUN_OP(ctx, ec_op_embedding(ctx, ti, tt, to), ids, table, o);
 }
 
 /* op_copy(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols) */
@@ -188,7 +201,12 @@ static PyObject *op_copy(PyObject *self, PyObject *args)
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
     ec_cols src = {ts, (size_t)so, (size_t)ss}, dst = {td, (size_t)dof, (size_t)ds};
-    RUN_OP(ctx, ec_op_copy(ctx, src, dst, rows, cols));
+    RUN_OP(ctx, ec_op_copy(ctx, src, dst, rows, cols), s, d);
+}
+
+static PyObject *concat_locked(ec_context *ctx, ec_tensor **parts, int n, ec_tensor *to, PyObject **objs)
+{
+    RUN_OP_CHECKING(ctx, ec_op_concat(ctx, parts, n, to), objs, n + 1);
 }
 
 static PyObject *op_concat(PyObject *self, PyObject *args)
@@ -200,14 +218,18 @@ static PyObject *op_concat(PyObject *self, PyObject *args)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
     if (n < 1 || n > 64) { Py_DECREF(fast); return PyErr_Format(PyExc_ValueError, "concat takes 1 to 64 tensors"); }
     ec_tensor *parts[64];
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!(parts[i] = TENSOR(PySequence_Fast_GET_ITEM(fast, i)))) { Py_DECREF(fast); return NULL; }
-    Py_DECREF(fast);
+    PyObject *objs[65];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        objs[i] = PySequence_Fast_GET_ITEM(fast, i);
+        if (!(parts[i] = TENSOR(objs[i]))) { Py_DECREF(fast); return NULL; }
+    }
+    objs[n] = o;
     ec_tensor *to = TENSOR(o);
-    if (!to) return NULL;
-    ec_context *ctx = ctx_or_null();
-    if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_concat(ctx, parts, (int)n, to));
+    ec_context *ctx = to ? ctx_or_null() : NULL;
+    if (!ctx) { Py_DECREF(fast); return NULL; }
+    PyObject *result = concat_locked(ctx, parts, (int)n, to, objs);
+    Py_DECREF(fast); /* kept until the op ran: it holds the part objects */
+    return result;
 }
 
 static PyObject *op_pool2d(PyObject *self, PyObject *args)
@@ -220,7 +242,7 @@ static PyObject *op_pool2d(PyObject *self, PyObject *args)
     if (!ty) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_pool2d(ctx, tx, b, h, w, oh, ow, ty));
+    RUN_OP(ctx, ec_op_pool2d(ctx, tx, b, h, w, oh, ow, ty), x, y);
 }
 
 static PyObject *op_argmax(PyObject *self, PyObject *args)
@@ -231,7 +253,7 @@ static PyObject *op_argmax(PyObject *self, PyObject *args)
     if (!to) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_argmax(ctx, tx, to));
+    RUN_OP(ctx, ec_op_argmax(ctx, tx, to), x, o);
 }
 
 static PyObject *op_patchify(PyObject *self, PyObject *args)
@@ -243,7 +265,7 @@ static PyObject *op_patchify(PyObject *self, PyObject *args)
     if (!to) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_patchify(ctx, tx, patch, to));
+    RUN_OP(ctx, ec_op_patchify(ctx, tx, patch, to), x, o);
 }
 
 static PyObject *op_zero(PyObject *self, PyObject *args)
@@ -254,7 +276,7 @@ static PyObject *op_zero(PyObject *self, PyObject *args)
     if (!tx) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_zero(ctx, tx));
+    RUN_OP(ctx, ec_op_zero(ctx, tx), x);
 }
 
 static PyObject *op_peak_fma(PyObject *self, PyObject *args)
@@ -266,7 +288,7 @@ static PyObject *op_peak_fma(PyObject *self, PyObject *args)
     if (!tx) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
-    RUN_OP(ctx, ec_op_peak_fma(ctx, tx, iterations));
+    RUN_OP(ctx, ec_op_peak_fma(ctx, tx, iterations), x);
 }
 
 PyMethodDef ec_py_ops_methods[] = {

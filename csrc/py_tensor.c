@@ -16,10 +16,12 @@ static void tensor_release(TensorObject *self)
 {
     if (!self->t) return;
     ec_context *ctx = self->t->ctx;
-    pthread_mutex_lock(&ctx->lock);
+    /* Under the lock, so that an op that checked this tensor (under the lock too) runs to completion
+     * before the memory goes. */
+    ec_py_lock(ctx);
     ec_tensor_destroy(self->t);
-    pthread_mutex_unlock(&ctx->lock);
     self->t = NULL;
+    pthread_mutex_unlock(&ctx->lock);
 }
 
 static void tensor_dealloc(TensorObject *self)

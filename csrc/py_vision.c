@@ -148,7 +148,7 @@ static PyObject *vision_check_config(PyObject *self, PyObject *settings)
 static void tower_release(VisionObject *self)
 {
     if (self->v) {
-        pthread_mutex_lock(&self->ctx->lock);
+        ec_py_lock(self->ctx);
         ec_vision_destroy(self->v);
         pthread_mutex_unlock(&self->ctx->lock);
         self->v = NULL;
@@ -188,19 +188,6 @@ static int weights_alive(VisionObject *self)
             return 0;
         }
     return 1;
-}
-
-/* Takes the context lock while holding the GIL, so that no other thread can free a weight (or close the
- * tower) between the checks and the pass; while another thread's device work holds the lock it waits
- * with the GIL released, so Python threads keep running. */
-static void lock_with_gil(ec_context *ctx)
-{
-    while (pthread_mutex_trylock(&ctx->lock) != 0) {
-        Py_BEGIN_ALLOW_THREADS
-        pthread_mutex_lock(&ctx->lock);
-        pthread_mutex_unlock(&ctx->lock);
-        Py_END_ALLOW_THREADS
-    }
 }
 
 /* The default views per pass: what fits in a quarter of the device memory left after the weights,
@@ -344,7 +331,7 @@ static PyObject *tower_run(VisionObject *self, PyObject *args, PyObject *kwargs)
         int m = (int)(n - v0 < chunk ? n - v0 : chunk);
         float *h = hidden ? (float *)PyArray_DATA((PyArrayObject *)hidden) + (size_t)v0 * h_per_view : NULL;
         ec_context *ctx = self->ctx;
-        lock_with_gil(ctx);
+        ec_py_lock(ctx);
         if (!self->v || !weights_alive(self)) {
             pthread_mutex_unlock(&ctx->lock);
             if (!self->v) live(self);

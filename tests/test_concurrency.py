@@ -78,3 +78,30 @@ def test_a_new_chat_while_this_thread_streams_is_refused(model):
     rest = "".join(stream)
     assert isinstance(rest, str)
     assert model.chat("Another?", max_new_tokens=2) is not None
+
+
+def test_freeing_a_tensor_while_another_thread_uses_it_raises_instead_of_crashing():
+    import numpy as np
+
+    import eyecare._core as core
+    from eyecare.core import empty, tensor
+
+    for _ in range(5):
+        x = tensor(np.ones((64, 256), np.float32))
+        w = tensor(np.ones((256, 256), np.float32))
+        y = empty((64, 256))
+        errors = []
+
+        def use():
+            try:
+                for _ in range(200):
+                    core.op_matmul(x, w, None, y)
+            except ValueError as e:
+                errors.append(str(e))
+
+        t = threading.Thread(target=use)
+        t.start()
+        time.sleep(0.01)
+        w.free()
+        t.join()
+        assert not errors or "freed" in errors[0]
