@@ -18,8 +18,8 @@ test: deps
 
 bench: deps
 	$(PYTHON) benchmarks/ops.py
-	$(PYTHON) benchmarks/vision.py --quick
-	$(PYTHON) benchmarks/llm.py --quick
+	$(PYTHON) benchmarks/vision.py --layers 3
+	$(PYTHON) benchmarks/llm.py
 
 deps: system-deps python-deps
 
