@@ -232,8 +232,12 @@ static int jpeg_dht_ok(const uint8_t *d, size_t n, size_t p, long remaining)
  * is not a stuffed byte or a restart) and checks every Huffman table stb would build. Not a JPEG: nothing to check. */
 static int jpeg_tables_ok(const uint8_t *d, size_t n)
 {
-    if (n < 2 || d[0] != 0xFF || d[1] != 0xD8) return 1;
-    size_t p = 2;
+    /* stb finds the SOI marker as it finds every marker: 0xFF, any number of 0xFF fill bytes, then 0xD8. */
+    if (n < 2 || d[0] != 0xFF) return 1;
+    size_t p = 1;
+    while (p < n && d[p] == 0xFF) p++;
+    if (p >= n || d[p] != 0xD8) return 1;
+    p++;
     while (p + 1 < n) {
         uint8_t m = d[p + 1];
         if (d[p] != 0xFF || m == 0xFF) { /* data, garbage between segments, or a fill byte before a marker */
