@@ -71,7 +71,10 @@ static int within_budget(size_t old_size, size_t new_size)
 static void *stb_malloc(size_t n)
 {
     if (n > SIZE_MAX - sizeof(stb_block) || !within_budget(0, n)) return NULL;
-    stb_block *b = malloc(sizeof(stb_block) + n);
+    /* Zeroed: stb_image 2.27 reads memory it never wrote when a file makes it (a JPEG scan naming a Huffman table no
+     * DHT defined gives indices from uninitialized heap, hence reads far out of bounds). Zeros are a valid, empty
+     * table, which stb rejects as a bad code. */
+    stb_block *b = calloc(1, sizeof(stb_block) + n);
     if (!b) return NULL;
     b->h.size = n;
     b->h.prev = b->h.next = NULL;
