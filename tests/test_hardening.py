@@ -90,6 +90,53 @@ def test_jpeg_scan_using_an_undefined_huffman_table_is_deterministic():
             _core.decode_image(bytes(data))
 
 
+def palette_png(palette_entries, indices):
+    h, w = indices.shape
+    raw = b"".join(b"\x00" + row.tobytes() for row in indices.astype(np.uint8))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
+            + png_chunk(b"PLTE", bytes(palette_entries)) + png_chunk(b"IDAT", zlib.compress(raw))
+            + png_chunk(b"IEND", b""))
+
+
+def palette_bmp(palette_bgrx, indices, offset=None):
+    h, w = indices.shape
+    rows = b"".join(row.astype(np.uint8).tobytes() + bytes(-w % 4) for row in indices[::-1])
+    header = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 8, 0, len(rows), 2835, 2835, len(palette_bgrx) // 4, 0)
+    offset = 14 + 40 + len(palette_bgrx) if offset is None else offset
+    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + header + bytes(palette_bgrx) + rows
+
+
+def test_palette_index_past_the_palette_is_black_not_stack_memory():
+    # Information leak (uninitialized stack memory in decoded pixels): stb 2.27 expands PNG and BMP palette images
+    # through a 256-entry palette on its stack, filled only as far as the file's palette goes (nothings/stb#1861,
+    # #1929). A one-color palette and every index 0..255 gave hundreds of stack bytes in the pixels. Such pixels are
+    # now black, as libpng and PIL decode them.
+    indices = np.arange(256).reshape(4, 64)
+    png = palette_png([10, 20, 30], indices)
+    bmp = palette_bmp([30, 20, 10, 0, 60, 50, 40, 0], indices)
+    expected = np.zeros((4, 64, 3), np.uint8)
+    expected[indices == 0] = [10, 20, 30]
+    for data in (png, bmp):
+        pixels = _core.decode_image(data)
+        want = expected.copy()
+        if data is bmp:
+            want[indices == 1] = [40, 50, 60]
+        np.testing.assert_array_equal(pixels, want)
+        np.testing.assert_array_equal(pixels, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    # Full palettes and truecolor files are decoded from the caller's bytes as before.
+    full = palette_png(list(range(256)) * 3, indices)
+    assert _core.decode_image(full)[0, 5].tolist() == [15, 16, 17]
+
+
+def test_bmp_whose_pixels_start_inside_the_header_is_refused():
+    # The same leak with no palette at all: a pixel offset before the end of the header gives stb a negative palette
+    # size, which passes its check; every pixel then came from the stack.
+    indices = np.arange(32).reshape(4, 8)
+    for offset in (14, 40, 53):
+        with pytest.raises(eyecare.FormatError, match="palette"):
+            _core.decode_image(palette_bmp([30, 20, 10, 0], indices, offset=offset))
+
+
 def test_every_fuzz_regression_input_is_handled():
     """The raw inputs of fuzz/regressions/ through the Python API: decoded or refused with FormatError/ValueError."""
     inputs = sorted((ROOT / "fuzz" / "regressions").glob("fuzz_image*/*"))
