@@ -165,6 +165,10 @@ static int stb_read(void *user, char *out, int n)
     if (n > 0 && (out == c->refill ? left == 0 : (size_t)n > left)) c->read_past_end = 1;
     size_t k = n < 0 ? 0 : (size_t)n < left ? (size_t)n : left;
     memcpy(out, c->data + c->pos, k);
+    /* stb ignores short reads in places (stbi__getn into a pixel of a flat HDR file) and goes on to compute with
+     * whatever the array held: give it zeros, as its memory interface does, rather than uninitialized stack. The
+     * truncation is still reported through read_past_end. */
+    if ((size_t)n > k) memset(out + k, 0, (size_t)n - k);
     c->pos += k;
     return (int)k;
 }
