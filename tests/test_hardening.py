@@ -296,3 +296,15 @@ def test_every_fuzz_regression_input_is_handled():
         except (eyecare.FormatError, ValueError):
             continue
         assert pixels.ndim == 3 and pixels.shape[2] == 3
+
+
+def test_index_naming_a_shard_too_long_to_exist_is_a_format_error(tmp_path):
+    # Wrong error class: a weight_map naming a file longer than the file system allows raised OSError
+    # (ENAMETOOLONG), as if the caller's path were unreadable; like a missing shard, it is the checkpoint's fault.
+    # fuzz_safetensors_index found it (its invariant: inside readable files, every fault is a FormatError).
+    from eyecare.safetensors import open_safetensors
+
+    name = "s" * 300 + ".safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": "%s"}}' % name)
+    with pytest.raises(eyecare.FormatError, match="does not exist"):
+        open_safetensors(tmp_path)
