@@ -19,7 +19,7 @@ ASAN_TESTS ?= tests
 .PHONY: demo test bench deps system-deps python-deps build clean fuzz fuzz-smoke fuzz-deps test-asan
 
 demo: deps
-	$(PYTHON) -m eyecare.cli chat --image examples/images/fundus.png --image examples/images/oct.png \
+	$(PYTHON) -m eyecare.cli chat --image examples/bench/images/fundus.png --image examples/bench/images/oct.png \
 		"Describe the findings in these images."
 
 test: deps fuzz-deps

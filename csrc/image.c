@@ -535,10 +535,11 @@ void ec_image_free(ec_image *img)
     img->width = img->height = 0;
 }
 
-/* Reads a whole regular file (not a pipe or device, which could block or never end). */
+/* Reads a whole regular file. Pipes and devices are refused (they could block or never end); O_NONBLOCK keeps even
+ * the open of a FIFO from waiting for a writer, and does nothing to reads of a regular file. */
 static ec_status read_file(const char *path, uint8_t **data, size_t *size)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return ec_fail(EC_ERR_IO, "cannot open image file '%s': %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -787,6 +788,11 @@ ec_status ec_image_resize_bicubic(const uint8_t *src, int src_w, int src_h, size
 
 void ec_image_fit_size(int src_w, int src_h, int target_w, int target_h, int *new_w, int *new_h)
 {
+    if (src_w < 1 || src_h < 1) { /* no aspect ratio to keep */
+        *new_w = target_w;
+        *new_h = target_h;
+        return;
+    }
     /* Python's floats are doubles, so these are the exact values transformers' get_patch_output_size computes. */
     double scale_w = (double)target_w / src_w;
     double scale_h = (double)target_h / src_h;

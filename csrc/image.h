@@ -32,7 +32,9 @@ ec_status ec_image_info(const uint8_t *data, size_t size, int *width, int *heigh
 /* Decodes JPEG (baseline, progressive), PNG (1-16 bit, gray, palette, alpha), BMP, GIF (first frame), TGA, PSD
  * (composite) and HDR (tone-mapped to 8 bit as stb_image does) into 8-bit RGB. Grayscale is replicated, alpha dropped
  * (as PIL's convert("RGB")). 16-bit samples keep their high byte. The declared size is checked against max_pixels
- * before any pixel is decoded (EC_ERR_LIMIT); corrupt, truncated or unknown data is EC_ERR_FORMAT. */
+ * before any pixel is decoded (EC_ERR_LIMIT); corrupt, truncated (data ending before the last pixel) or unknown data
+ * is EC_ERR_FORMAT. stb_image's failed internal checks, the memory a file can make it allocate (bounded by the
+ * declared size) and the known defects of Debian's stb 2.27 reachable from a file are all turned into errors. */
 ec_status ec_image_decode(const uint8_t *data, size_t size, uint64_t max_pixels, ec_image *out);
 
 /* Reads a regular file and decodes it like ec_image_decode; EC_ERR_IO when the file cannot be read. */

@@ -454,7 +454,9 @@ ec_status ec_op_patchify(ec_context *ctx, ec_tensor *pixels, int patch, ec_tenso
     if (pixels->ndim != 4 || pixels->shape[2] != pixels->shape[3])
         return ec_fail(EC_ERR_ARG, "patchify: pixels must be [B, C, S, S]");
     int64_t B = pixels->shape[0], C = pixels->shape[1], S = pixels->shape[2];
-    if (patch <= 0 || S % patch) return ec_fail(EC_ERR_ARG, "patchify: image size %lld is not a multiple of the patch size %d", (long long)S, patch);
+    if (patch <= 0 || patch > S) return ec_fail(EC_ERR_ARG, "patchify: patch size %d for an image of %lld pixels", patch, (long long)S);
+    /* As a stride-P convolution without padding: floor(S / P) patches per side, the remainder unused
+     * (SigLIP so400m: 384 px / 14 = 27 patches, the last 6 pixels dropped). */
     int64_t G = S / patch;
     if (ec_numel(out) != B * G * G * C * patch * patch) return ec_fail(EC_ERR_ARG, "patchify: output must be [%lld, %lld]", (long long)(B * G * G), (long long)(C * patch * patch));
     if (B == 0) return EC_OK;

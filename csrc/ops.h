@@ -63,7 +63,8 @@ ec_status ec_op_pool2d(ec_context *ctx, ec_tensor *x, int64_t batch, int h, int 
 /* out int32 [rows] = argmax over the last axis of x. */
 ec_status ec_op_argmax(ec_context *ctx, ec_tensor *x, ec_tensor *out);
 
-/* pixels [B, C, S, S] -> patches [B * (S/P)^2, C * P * P] for the patch-embedding matmul. */
+/* pixels [B, C, S, S] -> patches [B * G^2, C * P * P] for the patch-embedding matmul, G = floor(S/P) as a
+ * stride-P convolution (the pixels past G * P are unused). */
 ec_status ec_op_patchify(ec_context *ctx, ec_tensor *pixels, int patch, ec_tensor *out);
 
 /* Benchmark probe: iterations x 64 FMAs per invocation, one invocation per value of out. */

@@ -19,6 +19,9 @@ _LAZY = {
     "DeviceMemoryError": ("_core", "DeviceMemoryError"),
     "Tensor": ("_core", "Tensor"),
     "EyecareProcessor": ("processor", "EyecareProcessor"),
+    "EyecareGPT": ("model", "EyecareGPT"),
+    "VisionTower": ("vision", "VisionTower"),
+    "LanguageModel": ("language", "LanguageModel"),
 }
 
 

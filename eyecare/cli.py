@@ -97,18 +97,33 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def _groups(text: str) -> list[list[int]]:
+    """'0:13,13:26' -> [[0, 13], [13, 26]]"""
+    try:
+        return [[int(a), int(b)] for a, b in (part.split(":") for part in text.split(","))]
+    except ValueError:
+        raise ValueError(f"--groups {text!r}: expected ranges like 0:13,13:26") from None
+
+
 def cmd_convert(args) -> int:
     from .convert import convert_llava, convert_parts
 
+    connector = {}
+    if args.feature_layer is not None:
+        connector["feature_layer"] = args.feature_layer
+    if args.groups:
+        connector["groups"] = _groups(args.groups)
+    adaptive = {"tile_pool": args.tile_pool} if args.tile_pool else None
     if args.llava:
         if args.vision or args.llm or args.connector:
             raise ValueError("give either --llava DIR, or --vision, --llm and --connector")
-        written = convert_llava(args.llava, args.out, vision_config=args.vision_config,
-                                text_model_type=args.text_model_type, dtype=args.dtype)
+        written = convert_llava(args.llava, args.out, vision_config=args.vision_config, text_model_type=args.text_model_type,
+                                dtype=args.dtype, connector=connector, adaptive_resolution=adaptive)
     else:
         if not (args.vision and args.llm and args.connector):
             raise ValueError("give --vision DIR --llm DIR --connector FILE (or --llava DIR)")
-        written = convert_parts(args.vision, args.llm, args.connector, args.out, dtype=args.dtype)
+        written = convert_parts(args.vision, args.llm, args.connector, args.out, dtype=args.dtype, connector=connector,
+                                adaptive_resolution=adaptive)
     print(f"wrote {args.out}: {', '.join(p.name for p in written)}")
     return 0
 
@@ -153,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-config", metavar="FILE", help="SigLIP config.json, when the LLaVA config lacks one")
     p.add_argument("--text-model-type", choices=["phi3", "qwen2"], help="the LLM family, when the LLaVA config hides it")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="cast the weights (default: as stored)")
+    p.add_argument("--feature-layer", type=int, help="the LDC's F_last hidden state (default -2)")
+    p.add_argument("--groups", help="the LDC's averaged ranges of hidden states (default 0:13,13:26)")
+    p.add_argument("--tile-pool", type=int, help="tile token pooling factor (default 2)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("make-tiny", help="write a tiny random-weight checkpoint (tests, demos, benchmarks)")

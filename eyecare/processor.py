@@ -127,7 +127,8 @@ class EyecareProcessor:
     @classmethod
     def from_config(cls, config: dict, **overrides) -> "EyecareProcessor":
         """From an EyecareGPT config dict (its adaptive_resolution, vision_config.patch_size / image_size and
-        image_token), or from an adaptive_resolution dict alone. Keyword arguments override it."""
+        image_token), from :meth:`to_dict`'s output, or from an adaptive_resolution dict alone. Keyword arguments
+        override it."""
         if not isinstance(config, dict):
             raise TypeError(f"config must be a dict, not {type(config).__name__}")
         adaptive = config.get("adaptive_resolution", config if "tile_size" in config else {})
@@ -139,7 +140,7 @@ class EyecareProcessor:
             "grid_pinpoints": adaptive.get("grid_pinpoints"),
             "tile_pool": adaptive.get("tile_pool", DEFAULT_TILE_POOL),
             "pad_color": adaptive.get("pad_color", DEFAULT_PAD_COLOR),
-            "patch_size": vision.get("patch_size", DEFAULT_PATCH_SIZE),
+            "patch_size": config.get("patch_size", vision.get("patch_size", DEFAULT_PATCH_SIZE)),
             "image_token": config.get("image_token", IMAGE_TOKEN),
             "max_pixels": adaptive.get("max_pixels", DEFAULT_MAX_PIXELS),
         }

@@ -1,6 +1,6 @@
 #version 450
-// im2col for the vision tower's pidx embedding (a P x P convolution with stride P): pixels
-// [B, 3, S, S] become rows [B * G * G, 3 * P * P] (G = S / P) in the order of the conv weight
+// im2col for the vision tower's patch embedding (a P x P convolution with stride P): pixels
+// [B, 3, S, S] become rows [B * G * G, 3 * P * P] (G = floor(S / P)) in the order of the conv weight
 // (channel, kernel row, kernel column), so the convolution is one matmul.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"

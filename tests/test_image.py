@@ -195,6 +195,28 @@ def test_decoded_array_owns_its_pixels():
     np.testing.assert_array_equal(view, A[10:20])
 
 
+def test_threads_decode_and_resize_concurrently():
+    """The GIL is released while C works; per-thread decoder state keeps concurrent calls apart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [LOSSLESS[name] for name in sorted(LOSSLESS)] * 4 + [b"corrupt"] * 8
+    want = [pil_rgb(data) if data != b"corrupt" else None for data in sources]
+
+    def work(data):
+        try:
+            return _core.resize_bicubic(_core.decode_image(data), 40, 30)
+        except eyecare.FormatError:
+            return None
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, sources))
+    for got, ref in zip(results, want):
+        if ref is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, _core.resize_bicubic(ref, 40, 30))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Hostile input
 
@@ -285,6 +307,10 @@ def test_unreadable_paths_and_bad_arguments(tmp_path):
         _core.decode_image(str(tmp_path / "missing.png"))
     with pytest.raises(OSError, match="not a regular file"):
         _core.decode_image(str(tmp_path))
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it must not wait for a writer
+    with pytest.raises(OSError, match="not a regular file"):
+        _core.decode_image(str(fifo))
     for bad in (0, -1, 1.5, "many"):
         with pytest.raises((ValueError, TypeError)):
             _core.decode_image(LOSSLESS["png_rgb"], max_pixels=bad)

@@ -1,0 +1,219 @@
+"""Building an EyecareGPT checkpoint directory (DESIGN.md 2) from what training code leaves behind:
+
+(a) the separate Hugging Face checkpoints of the vision tower (a SigLIP model or vision model) and of
+    the LLM (Phi-3 or Qwen2), plus a safetensors file of the connector's projector;
+(b) a LLaVA-style merged checkpoint (``model.vision_tower.vision_tower.*``, ``model.mm_projector.*``,
+    ``model.layers.*``, ``lm_head.*``), as LLaVA-derived training code saves it.
+
+Tensors are copied as stored (bf16 stays bf16) unless ``dtype`` asks for another; tokenizer files come
+from the LLM's directory. Every inconsistency (a missing tower layer, a projector whose widths do not
+join the tower to the LLM) is reported before anything is written.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import (CONNECTOR_DEFAULTS, CONNECTOR_PREFIX, LANGUAGE_PREFIX, TOKENIZER_FILES, VISION_PREFIX,
+                         connector_tensors, siglip_tensors, write_checkpoint)
+from .core import from_bfloat16, to_bfloat16
+from .safetensors import open_safetensors
+
+DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+
+
+class ConversionError(ValueError):
+    """The inputs cannot make a consistent EyecareGPT checkpoint."""
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+
+
+def _cast(array: np.ndarray, stored: str, dtype: str | None):
+    """The tensor as save_safetensors takes it, optionally cast (bf16 travels as uint16 bits)."""
+    if dtype is None or DTYPES[dtype] == stored:
+        return (array, "BF16") if stored == "BF16" else array
+    values = from_bfloat16(array) if stored == "BF16" else array.astype(np.float32)
+    if dtype == "bfloat16":
+        return (to_bfloat16(values), "BF16")
+    return values.astype(np.float16 if dtype == "float16" else np.float32)
+
+
+def _vision_config(cfg: dict) -> dict:
+    """The SiglipVisionConfig part of a SigLIP config.json (a full SiglipConfig nests it)."""
+    vision = cfg.get("vision_config", cfg) if cfg.get("model_type") == "siglip" else cfg
+    vision = dict(vision)
+    vision.setdefault("model_type", "siglip_vision_model")
+    return vision
+
+
+def _check_shapes(found: dict, expected: dict, what: str):
+    missing = sorted(set(expected) - set(found))
+    wrong = sorted(f"{n}: {tuple(found[n])} instead of {expected[n]}" for n in expected
+                   if n in found and tuple(found[n]) != tuple(expected[n]))
+    problems = [f"missing {n}" for n in missing[:20]] + wrong[:20]
+    if missing[20:] or wrong[20:]:
+        problems.append(f"... {len(missing) + len(wrong) - len(problems)} more")
+    if problems:
+        raise ConversionError(f"{what}: " + "; ".join(problems))
+
+
+def _eyecare_config(vision: dict, text: dict, connector: dict | None, adaptive: dict | None) -> dict:
+    from .processor import DEFAULT_ADAPTIVE_RESOLUTION
+
+    ar = dict(DEFAULT_ADAPTIVE_RESOLUTION)
+    tile = vision.get("image_size", ar["tile_size"])
+    if tile != ar["tile_size"]:  # the default grids, in tiles, for a tower of another resolution
+        base = DEFAULT_ADAPTIVE_RESOLUTION["tile_size"]
+        ar["grid_pinpoints"] = [[h // base * tile, w // base * tile] for h, w in ar["grid_pinpoints"]]
+    ar["tile_size"] = tile
+    ar.update(adaptive or {})
+    return {"model_type": "eyecaregpt", "architectures": ["EyecareGPT"], "vision_config": vision, "text_config": text,
+            "connector": {**CONNECTOR_DEFAULTS, **(connector or {})}, "adaptive_resolution": ar,
+            "image_token": "<image>"}
+
+
+def _finish(out_dir, config, tensors, names_to_shapes, token_dir: Path, dtype, shard_bytes, progress):
+    vision, text = config["vision_config"], config["text_config"]
+    expected = siglip_tensors(vision)
+    proj = connector_tensors(vision["hidden_size"], text["hidden_size"])
+    found_proj = {n: names_to_shapes[n] for n in proj if n in names_to_shapes}
+    if CONNECTOR_PREFIX + "projector.0.weight" in found_proj:
+        w0 = found_proj[CONNECTOR_PREFIX + "projector.0.weight"]
+        if len(w0) == 2 and w0[1] != 3 * vision["hidden_size"]:
+            raise ConversionError(f"the projector takes {w0[1]} features but the LDC gives 3 x {vision['hidden_size']} = "
+                                  f"{3 * vision['hidden_size']} (vision tower width {vision['hidden_size']})")
+        if len(w0) == 2 and w0[0] != text["hidden_size"]:
+            raise ConversionError(f"the projector gives {w0[0]} features but the LLM is {text['hidden_size']} wide")
+    expected.update(proj)
+    from .config import DecoderConfig
+
+    expected.update({LANGUAGE_PREFIX + n: s for n, s in DecoderConfig.from_dict(text).checkpoint_tensors().items()})
+    _check_shapes(names_to_shapes, expected, "the inputs do not make a complete EyecareGPT checkpoint")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    copied = [name for name in TOKENIZER_FILES if (token_dir / name).is_file()]
+    if "tokenizer.json" not in copied:
+        raise ConversionError(f"{token_dir}: no tokenizer.json (eyecare reads tokenizers with the `tokenizers` library)")
+    arrays = {name: _cast(*tensors[name](), dtype) for name in sorted(expected)}
+    written = write_checkpoint(out, config, arrays, shard_bytes=shard_bytes, progress=progress)
+    for name in copied:
+        shutil.copyfile(token_dir / name, out / name)
+    return written
+
+
+def _opened(ckpt):
+    """name -> a function returning (array, stored dtype), and name -> shape."""
+    loaders = {n: (lambda n=n: (ckpt.get(n), ckpt.info(n)[0])) for n in ckpt.names()}
+    shapes = {n: tuple(ckpt.info(n)[1]) for n in ckpt.names()}
+    return loaders, shapes
+
+
+def convert_parts(vision_dir, llm_dir, connector_file, out_dir, *, connector: dict | None = None,
+                  adaptive_resolution: dict | None = None, dtype: str | None = None, shard_bytes: int = 4 << 30,
+                  progress=None):
+    """(a): a Hugging Face SigLIP checkpoint + a Phi-3 / Qwen2 checkpoint + the projector's weights
+    (names ``0.weight``, ``2.bias``..., optionally under ``mm_projector.``, ``projector.`` or
+    ``connector.projector.``)."""
+    vision_dir, llm_dir = Path(vision_dir), Path(llm_dir)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+    vision = _vision_config(_json(vision_dir / "config.json"))
+    text = _json(llm_dir / "config.json")
+    tensors, shapes = {}, {}
+    with open_safetensors(vision_dir) as v, open_safetensors(llm_dir) as l, open_safetensors(connector_file) as c:
+        for src, rename in ((v, _siglip_name),
+                            (l, lambda n: LANGUAGE_PREFIX + n),
+                            (c, _projector_name)):
+            loaders, found = _opened(src)
+            for name, load in loaders.items():
+                new = rename(name)
+                if new:
+                    tensors[new], shapes[new] = load, found[name]
+        config = _eyecare_config(vision, text, connector, adaptive_resolution)
+        return _finish(out_dir, config, tensors, shapes, llm_dir, dtype, shard_bytes, progress)
+
+
+def _siglip_name(name: str) -> str | None:
+    """A SigLIP checkpoint's tensor under vision_tower.vision_model.: SiglipModel and transformers 4 save
+    vision_model.*, transformers 5's SiglipVisionModel saves the same names without that prefix. The
+    text tower and the attention-pooling head are not part of EyecareGPT."""
+    if name.startswith("vision_model."):
+        name = name[len("vision_model."):]
+    if name.startswith(("embeddings.", "encoder.", "post_layernorm.")):
+        return VISION_PREFIX + "vision_model." + name
+    return None
+
+
+def _projector_name(name: str) -> str | None:
+    m = re.search(r"(?:^|\.)(?:mm_projector|projector)\.(\d+)\.(weight|bias)$", name) or re.match(r"^(\d+)\.(weight|bias)$", name)
+    return f"{CONNECTOR_PREFIX}projector.{m.group(1)}.{m.group(2)}" if m else None
+
+
+def _llava_name(name: str) -> str | None:
+    if name.startswith("model.vision_tower.vision_tower.vision_model."):
+        rest = name[len("model.vision_tower.vision_tower."):]
+        return None if rest.startswith("vision_model.head.") else VISION_PREFIX + rest
+    if name.startswith("model.mm_projector."):
+        return _projector_name(name)
+    if name.startswith("model.") or name.startswith("lm_head."):
+        return LANGUAGE_PREFIX + name
+    return None
+
+
+def _llava_text_config(cfg: dict, model_type: str | None) -> dict:
+    text = {k: v for k, v in cfg.items() if not k.startswith("mm_") and k not in
+            ("vision_config", "architectures", "auto_map", "tokenizer_model_max_length", "tokenizer_padding_side",
+             "image_aspect_ratio", "image_grid_pinpoints", "freeze_mm_mlp_adapter", "tune_mm_mlp_adapter",
+             "use_mm_proj", "unfreeze_mm_vision_tower", "mm_vision_tower")}
+    if model_type is None:
+        declared = str(cfg.get("model_type", "")).lower()
+        model_type = "qwen2" if "qwen" in declared else "phi3" if "phi" in declared else None
+    if model_type not in ("phi3", "qwen2"):
+        raise ConversionError(f"cannot tell the LLM family from model_type {cfg.get('model_type')!r}; "
+                              "pass text_model_type='phi3' or 'qwen2'")
+    text["model_type"] = model_type
+    return text
+
+
+def convert_llava(llava_dir, out_dir, *, vision_config=None, text_model_type: str | None = None,
+                  connector: dict | None = None, adaptive_resolution: dict | None = None, dtype: str | None = None,
+                  shard_bytes: int = 4 << 30, progress=None):
+    """(b): a LLaVA-style merged checkpoint. Its config.json gives the LLM's config (model_type
+    llava_phi3 / llava_qwen2 ... or text_model_type), ``mm_vision_select_layer`` the feature layer; the
+    SigLIP config comes from its ``vision_config`` or from ``vision_config`` (a dict or a config.json path)."""
+    llava_dir = Path(llava_dir)
+    cfg = _json(llava_dir / "config.json")
+    if cfg.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+        raise ConversionError(f"projector type {cfg['mm_projector_type']!r} is not mlp2x_gelu, the one EyecareGPT uses")
+    if vision_config is None:
+        vision_config = cfg.get("vision_config")
+    if isinstance(vision_config, (str, Path)):
+        vision_config = _json(Path(vision_config))
+    if not isinstance(vision_config, dict):
+        raise ConversionError(f"{llava_dir / 'config.json'} has no vision_config: pass the SigLIP config.json "
+                              "(--vision-config)")
+    vision = _vision_config(vision_config)
+    text = _llava_text_config(cfg, text_model_type)
+    conn = dict(connector or {})
+    if "mm_vision_select_layer" in cfg:
+        conn.setdefault("feature_layer", cfg["mm_vision_select_layer"])
+    tensors, shapes = {}, {}
+    with open_safetensors(llava_dir) as ckpt:
+        loaders, found = _opened(ckpt)
+        for name, load in loaders.items():
+            new = _llava_name(name)
+            if new:
+                tensors[new], shapes[new] = load, found[name]
+        config = _eyecare_config(vision, text, conn, adaptive_resolution)
+        return _finish(out_dir, config, tensors, shapes, llava_dir, dtype, shard_bytes, progress)
