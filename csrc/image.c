@@ -428,7 +428,9 @@ static uint8_t *insert_zeros(const uint8_t *d, size_t n, const size_t *at, const
     return o;
 }
 
-#define MAX_PADDED_PLTE 8 /* PLTE chunks padded per file; stb uses the last one, and a real file has one */
+/* PLTE chunks padded per file. A real file has one; the first one padded sets all 256 entries, and a later PLTE only
+ * overwrites some of them, so the cap leaves nothing uninitialized. */
+#define MAX_PADDED_PLTE 8
 
 static uint8_t *pad_palettes(const uint8_t *d, size_t n, size_t *out_n, ec_status *err)
 {
