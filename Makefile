@@ -1,20 +1,30 @@
 # make demo : install what is missing, then run EyecareGPT on the sample images in examples/
-# make test : install what is missing, then run the whole test suite (validation layer on)
+# make test : install what is missing, then run the whole test suite (validation layer on) and fuzz-smoke
 # make bench: the throughput benchmarks (benchmarks/)
+# make fuzz      : each libFuzzer harness (fuzz/) for FUZZ_SECONDS, growing the corpus in build/fuzz/corpus
+# make fuzz-smoke: each harness for FUZZ_SMOKE_SECONDS from the checked-in seeds, after replaying fuzz/regressions
+# make test-asan : the extension built with ASan + UBSan, running ASAN_TESTS under it (see docs/limits.md)
 
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := mesa-vulkan-drivers libvulkan-dev glslang-tools vulkan-validationlayers libstb-dev
 
-.PHONY: demo test bench deps system-deps python-deps build clean
+# clang and its sanitizer/libFuzzer runtimes, for the fuzz harnesses; gcc's libasan (libgcc-12-dev) for test-asan.
+FUZZ_DEBIAN_PACKAGES := clang-14 libclang-rt-14-dev libstb-dev
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 25
+ASAN_TESTS ?= tests
+
+.PHONY: demo test bench deps system-deps python-deps build clean fuzz fuzz-smoke fuzz-deps test-asan
 
 demo: deps
 	$(PYTHON) -m eyecare.cli chat --image examples/bench/images/fundus.png --image examples/bench/images/oct.png \
 		"Describe the findings in these images."
 
-test: deps
+test: deps fuzz-deps
 	$(PYTHON) -m pytest -q
+	$(MAKE) fuzz-smoke
 
 bench: deps
 	$(PYTHON) benchmarks/ops.py
@@ -38,6 +48,36 @@ python-deps:
 
 build:
 	$(PYTHON) setup.py build_ext --inplace
+
+fuzz-deps:
+	@missing=""; for p in $(FUZZ_DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+fuzz: fuzz-deps
+	fuzz/run.sh $(FUZZ_SECONDS)
+
+fuzz-smoke: fuzz-deps
+	fuzz/run.sh $(FUZZ_SMOKE_SECONDS) --fresh
+
+# The sanitized extension is built in a copy of the tree (build/asan/tree), so that the normal build stays usable and
+# the tests' child processes, which import the package next to their test files, get the sanitized one too.
+# Python is not built with ASan, so libasan is preloaded, with libstdc++ after it (otherwise ASan cannot find the real
+# __cxa_throw and aborts when torch or matplotlib throw a C++ exception). detect_leaks=0: CPython keeps its own
+# allocations until exit, so leak reports would be its, not eyecare's (eyecare's device memory is checked by
+# tests/test_hardening.py, its host allocations by the fuzz harnesses, which do detect leaks).
+# allocator_may_return_null=1: malloc returns NULL when out of memory, as libc does (the driver-OOM test needs that).
+# UBSan reports are fatal (-fno-sanitize-recover).
+test-asan: deps
+	rm -rf build/asan/tree && mkdir -p build/asan/tree
+	tar -c --exclude=./build --exclude=./.git --exclude='*.so' --exclude=__pycache__ . | tar -x -C build/asan/tree
+	cd build/asan/tree && EYECARE_SANITIZE=address,undefined CFLAGS="-fno-sanitize-recover=undefined" \
+		$(PYTHON) setup.py -q build_ext --inplace
+	cd build/asan/tree && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so.6)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1:allocator_may_return_null=1 \
+		UBSAN_OPTIONS=print_stacktrace=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
 
 clean:
 	rm -rf build eyecare/*.so *.egg-info

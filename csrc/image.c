@@ -71,7 +71,10 @@ static int within_budget(size_t old_size, size_t new_size)
 static void *stb_malloc(size_t n)
 {
     if (n > SIZE_MAX - sizeof(stb_block) || !within_budget(0, n)) return NULL;
-    stb_block *b = malloc(sizeof(stb_block) + n);
+    /* Zeroed: stb_image 2.27 reads memory it never wrote when a file makes it (a JPEG scan naming a Huffman table no
+     * DHT defined gives indices from uninitialized heap, hence reads far out of bounds). Zeros are a valid, empty
+     * table, which stb rejects as a bad code. */
+    stb_block *b = calloc(1, sizeof(stb_block) + n);
     if (!b) return NULL;
     b->h.size = n;
     b->h.prev = b->h.next = NULL;
@@ -162,6 +165,10 @@ static int stb_read(void *user, char *out, int n)
     if (n > 0 && (out == c->refill ? left == 0 : (size_t)n > left)) c->read_past_end = 1;
     size_t k = n < 0 ? 0 : (size_t)n < left ? (size_t)n : left;
     memcpy(out, c->data + c->pos, k);
+    /* stb ignores short reads in places (stbi__getn into a pixel of a flat HDR file) and goes on to compute with
+     * whatever the array held: give it zeros, as its memory interface does, rather than uninitialized stack. The
+     * truncation is still reported through read_past_end. */
+    if ((size_t)n > k) memset(out + k, 0, (size_t)n - k);
     c->pos += k;
     return (int)k;
 }
@@ -232,8 +239,12 @@ static int jpeg_dht_ok(const uint8_t *d, size_t n, size_t p, long remaining)
  * is not a stuffed byte or a restart) and checks every Huffman table stb would build. Not a JPEG: nothing to check. */
 static int jpeg_tables_ok(const uint8_t *d, size_t n)
 {
-    if (n < 2 || d[0] != 0xFF || d[1] != 0xD8) return 1;
-    size_t p = 2;
+    /* stb finds the SOI marker as it finds every marker: 0xFF, any number of 0xFF fill bytes, then 0xD8. */
+    if (n < 2 || d[0] != 0xFF) return 1;
+    size_t p = 1;
+    while (p < n && d[p] == 0xFF) p++;
+    if (p >= n || d[p] != 0xD8) return 1;
+    p++;
     while (p + 1 < n) {
         uint8_t m = d[p + 1];
         if (d[p] != 0xFF || m == 0xFF) { /* data, garbage between segments, or a fill byte before a marker */
@@ -387,6 +398,98 @@ static int png_declared_size(const uint8_t *data, size_t size, uint64_t *width, 
     return 1;
 }
 
+/* stb_image 2.27 expands palette images through a 256-entry palette on its stack (stbi__parse_png_file, stbi__bmp_load)
+ * of which it fills only the entries the file has: a pixel whose index is past them takes its color from uninitialized
+ * stack memory, which would reach the caller in the decoded pixels (an information leak; upstream issues
+ * nothings/stb#1861 and #1929, unfixed). So a PNG or BMP with a short palette is decoded from a copy whose palette is
+ * padded to 256 entries with black, the color libpng and PIL give such pixels. Returns that copy (malloc'd, its size in
+ * *out_n), or NULL with EC_OK when the data needs none, or NULL with an error. */
+static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static uint32_t le32(const uint8_t *p) { return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0]; }
+static uint16_t le16(const uint8_t *p) { return (uint16_t)(p[1] << 8 | p[0]); }
+
+/* Copies d with `extra` zero bytes inserted at each of the `count` offsets `at` (ascending); NULL out of memory. */
+static uint8_t *insert_zeros(const uint8_t *d, size_t n, const size_t *at, const size_t *extra, int count, size_t *out_n)
+{
+    size_t total = n;
+    for (int i = 0; i < count; i++) total += extra[i];
+    uint8_t *o = malloc(total);
+    if (!o) return NULL;
+    size_t from = 0, to = 0;
+    for (int i = 0; i < count; i++) {
+        memcpy(o + to, d + from, at[i] - from);
+        to += at[i] - from;
+        memset(o + to, 0, extra[i]);
+        to += extra[i];
+        from = at[i];
+    }
+    memcpy(o + to, d + from, n - from);
+    *out_n = total;
+    return o;
+}
+
+/* PLTE chunks padded per file. A real file has one; the first one padded sets all 256 entries, and a later PLTE only
+ * overwrites some of them, so the cap leaves nothing uninitialized. */
+#define MAX_PADDED_PLTE 8
+
+static uint8_t *pad_palettes(const uint8_t *d, size_t n, size_t *out_n, ec_status *err)
+{
+    static const uint8_t png_signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    *err = EC_OK;
+    size_t at[MAX_PADDED_PLTE], extra[MAX_PADDED_PLTE];
+    if (n >= 8 && memcmp(d, png_signature, 8) == 0) {
+        /* Each PLTE chunk of 3k < 768 bytes becomes one of 768 (stb skips chunk CRCs); its length field grows, and
+         * the zeros go at the end of its data. */
+        int count = 0;
+        for (size_t p = 8; p + 12 <= n && count < MAX_PADDED_PLTE;) {
+            uint32_t len = be32(d + p);
+            if (len > n - p - 12) break; /* cut short: stb reports it */
+            if (memcmp(d + p + 4, "PLTE", 4) == 0 && len < 768 && len % 3 == 0) {
+                at[count] = p + 8 + len;
+                extra[count++] = 768 - len;
+            }
+            p += 12 + (size_t)len;
+        }
+        if (!count) return NULL;
+        uint8_t *o = insert_zeros(d, n, at, extra, count, out_n);
+        if (!o) { *err = ec_fail(EC_ERR_OOM, "out of host memory decoding a %zu-byte PNG", n); return NULL; }
+        /* Rewrite the length fields, each shifted by the zeros inserted before it. */
+        size_t shift = 0;
+        for (int i = 0; i < count; i++) {
+            uint32_t len = (uint32_t)(768 - extra[i]);
+            uint8_t *field = o + at[i] - len - 8 + shift;
+            field[0] = 0; field[1] = 0; field[2] = 768 >> 8; field[3] = 768 & 0xFF;
+            shift += extra[i];
+        }
+        return o;
+    }
+    if (n >= 30 && d[0] == 'B' && d[1] == 'M') {
+        /* stb's rule (stbi__bmp_load): psize = (offset - 14 - hsz) / 4 four-byte entries, or (offset - 38) / 3
+         * three-byte ones for the 12-byte OS/2 header, read right after the header; only 1-, 4- and 8-bit images
+         * use them. Padding inserts the missing entries after those and moves the pixel offset by as much. */
+        uint32_t offset = le32(d + 10), hsz = le32(d + 14);
+        if (hsz != 12 && hsz != 40 && hsz != 56 && hsz != 108 && hsz != 124) return NULL; /* stb refuses it */
+        unsigned bpp = hsz == 12 ? le16(d + 24) : (n >= 30 ? le16(d + 28) : 0);
+        if (bpp != 1 && bpp != 4 && bpp != 8) return NULL;
+        long entry = hsz == 12 ? 3 : 4, start = 14 + (long)hsz;
+        long psize = hsz == 12 ? ((long)offset - 38) / 3 : ((long)offset - start) / 4;
+        if (offset > INT_MAX || psize < 1 || (hsz == 12 && (long)offset < 38))
+            /* stb would read no palette at all (a negative count passes its check) and show its stack instead. */
+            return *err = ec_fail(EC_ERR_FORMAT, "corrupt BMP: its pixel data offset %u leaves no room for the palette "
+                                  "of a %u-bit image", offset, bpp), NULL;
+        if (psize >= 256 || (size_t)(start + psize * entry) > n) return NULL; /* full, or cut short: stb reports it */
+        at[0] = (size_t)(start + psize * entry);
+        extra[0] = (size_t)((256 - psize) * entry);
+        if (offset + extra[0] > INT_MAX) return NULL;
+        uint8_t *o = insert_zeros(d, n, at, extra, 1, out_n);
+        if (!o) { *err = ec_fail(EC_ERR_OOM, "out of host memory decoding a %zu-byte BMP", n); return NULL; }
+        uint32_t moved = offset + (uint32_t)extra[0];
+        o[10] = moved & 0xFF; o[11] = moved >> 8 & 0xFF; o[12] = moved >> 16 & 0xFF; o[13] = moved >> 24;
+        return o;
+    }
+    return NULL;
+}
+
 ec_status ec_image_decode(const uint8_t *data, size_t size, uint64_t max_pixels, ec_image *out)
 {
     if (!out) return ec_fail(EC_ERR_ARG, "ec_image_decode: out is NULL");
@@ -398,8 +501,18 @@ ec_status ec_image_decode(const uint8_t *data, size_t size, uint64_t max_pixels,
     EC_TRY(ec_image_info(data, size, &width, &height));
     EC_TRY(check_pixel_limit((uint64_t)width, (uint64_t)height, max_pixels));
 
-    stb_call c = {.data = data, .size = (int)size, .decode = 1};
-    EC_TRY(stb_guarded(&c, (size_t)width * (size_t)height * DECODE_BYTES_PER_PIXEL + DECODE_SLACK));
+    size_t padded_size = 0;
+    ec_status pad_status;
+    uint8_t *padded = pad_palettes(data, size, &padded_size, &pad_status);
+    if (pad_status != EC_OK) return pad_status;
+    if (padded && padded_size > INT_MAX) {
+        free(padded);
+        return ec_fail(EC_ERR_LIMIT, "cannot decode image: %zu bytes is over the 2 GiB limit", size);
+    }
+    stb_call c = {.data = padded ? padded : data, .size = (int)(padded ? padded_size : size), .decode = 1};
+    ec_status guarded = stb_guarded(&c, (size_t)width * (size_t)height * DECODE_BYTES_PER_PIXEL + DECODE_SLACK);
+    free(padded);
+    EC_TRY(guarded);
     if (c.ok && c.read_past_end) {
         stb_free(c.rgb);
         return ec_fail(EC_ERR_FORMAT, "truncated image: the data ends before the image does (%zu bytes)", size);

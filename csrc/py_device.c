@@ -101,17 +101,29 @@ static PyObject *py_device_info(PyObject *self, PyObject *args)
         set_item(d, "memory_in_use", PyLong_FromUnsignedLongLong(ctx->in_use));
         set_item(d, "memory_reserved", PyLong_FromUnsignedLongLong(ctx->reserved));
         set_item(d, "memory_budget", PyLong_FromUnsignedLongLong(ctx->budget));
+        set_item(d, "max_allocation", PyLong_FromUnsignedLongLong(ctx->max_allocation));
     }
     return d;
 }
 
 static PyObject *py_set_memory_budget(PyObject *self, PyObject *args)
 {
-    unsigned long long bytes;
-    if (!PyArg_ParseTuple(args, "K", &bytes)) return NULL;
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "O:set_memory_budget", &obj)) return NULL;
+    /* "K" would take -1 as 2^64 - 1, silently meaning "no budget": negative sizes are refused instead. */
+    unsigned long long bytes = PyLong_Check(obj) ? PyLong_AsUnsignedLongLong(obj) : (unsigned long long)-1;
+    if (!PyLong_Check(obj) || (bytes == (unsigned long long)-1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return PyErr_Format(PyExc_ValueError, "set_memory_budget: expected a byte count >= 0 (0 for none), got %R", obj);
+    }
     ec_context *ctx = ec_py_context();
     if (!ctx) return NULL;
-    ctx->budget = bytes;
+    /* Under the lock: another thread may be allocating. */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&ctx->lock);
+    ec_set_budget(ctx, bytes);
+    pthread_mutex_unlock(&ctx->lock);
+    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
@@ -153,7 +165,8 @@ static PyObject *py_submit(PyObject *self, PyObject *args)
 PyMethodDef ec_py_device_methods[] = {
     {"devices", py_devices, METH_NOARGS, "devices() -> list of dicts describing each Vulkan device."},
     {"device_info", py_device_info, METH_NOARGS, "device_info() -> dict for the device eyecare uses (creating its context)."},
-    {"set_memory_budget", py_set_memory_budget, METH_VARARGS, "set_memory_budget(bytes): cap eyecare's device memory (0 = none)."},
+    {"set_memory_budget", py_set_memory_budget, METH_VARARGS, "set_memory_budget(bytes): cap the device memory eyecare holds (0 = none); over it, allocations raise\n"
+     "DeviceMemoryError (with .needed and .available in bytes)."},
     {"context_created", py_context_created, METH_NOARGS, "True once the device context exists (a device was chosen)."},
     {"validation_messages", py_validation_messages, METH_NOARGS, "Number of Vulkan validation-layer messages so far."},
     {"last_batch_ms", py_last_batch_ms, METH_NOARGS, "Device time of the last submitted batch, in ms (timestamps)."},

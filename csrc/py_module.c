@@ -20,7 +20,26 @@ PyObject *ec_py_raise(ec_status s)
     /* A message cut at the buffer's end may split a UTF-8 character: decode leniently. */
     const char *msg = ec_last_error();
     PyObject *text = PyUnicode_DecodeUTF8(msg, (Py_ssize_t)strlen(msg), "replace");
-    if (text) { PyErr_SetObject(type, text); Py_DECREF(text); }
+    if (!text) return NULL;
+    if (s != EC_ERR_OOM) {
+        PyErr_SetObject(type, text);
+        Py_DECREF(text);
+        return NULL;
+    }
+    /* DeviceMemoryError carries the figures of its message as numbers: .needed and .available (bytes), None when the
+     * failure was not an allocation (the driver failing while executing work, host memory). */
+    uint64_t needed, available;
+    int known = ec_oom_figures(&needed, &available);
+    PyObject *exc = PyObject_CallOneArg(type, text);
+    Py_DECREF(text);
+    if (!exc) return NULL;
+    PyObject *n = known ? PyLong_FromUnsignedLongLong(needed) : (Py_INCREF(Py_None), Py_None);
+    PyObject *a = known ? PyLong_FromUnsignedLongLong(available) : (Py_INCREF(Py_None), Py_None);
+    if (n && a && PyObject_SetAttrString(exc, "needed", n) == 0 && PyObject_SetAttrString(exc, "available", a) == 0)
+        PyErr_SetObject(type, exc);
+    Py_XDECREF(n);
+    Py_XDECREF(a);
+    Py_DECREF(exc);
     return NULL;
 }
 

@@ -409,7 +409,8 @@ static ec_status load_shard(ec_st_file *f, size_t si, const char *index_path)
     shard *sh = &f->shards[si];
     int err;
     ec_status s = map_path(sh->path, &sh->map, &sh->size, &err);
-    if (s != EC_OK && err == ENOENT && index_path)
+    /* A name too long for the file system cannot exist either: the index is at fault, not the caller's path. */
+    if (s != EC_OK && (err == ENOENT || err == ENAMETOOLONG) && index_path)
         return ec_fail(EC_ERR_FORMAT, "%s: the weight_map names shard '%s', which does not exist", qp(index_path).s,
                        q(sh->file_name).s);
     return s == EC_OK ? read_header(f, si) : s;

@@ -1,6 +1,7 @@
 #include "vk_context.h"
 
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -252,8 +253,7 @@ static ec_status new_block(ec_context *ctx, VkDeviceSize size, uint32_t type, in
     if (r != VK_SUCCESS) {
         vkDestroyBuffer(ctx->device, b->buffer, NULL);
         free(b);
-        return ec_fail(EC_ERR_OOM, "out of device memory: allocating %.1f MiB failed with %.1f MiB already "
-                       "held by eyecare on %s (VkResult %d)", size / MiB, ctx->reserved / MiB, ctx->info.name, r);
+        return ec_fail(EC_ERR_OOM, "vkAllocateMemory of %.1f MiB failed (VkResult %d)", size / MiB, r);
     }
     vkBindBufferMemory(ctx->device, b->buffer, b->memory, 0);
     if (map && vkMapMemory(ctx->device, b->memory, 0, VK_WHOLE_SIZE, 0, &b->mapped) != VK_SUCCESS) {
@@ -263,7 +263,13 @@ static ec_status new_block(ec_context *ctx, VkDeviceSize size, uint32_t type, in
         return ec_fail(EC_ERR_DEVICE, "vkMapMemory failed");
     }
     b->free_spans = calloc(1, sizeof *b->free_spans);
-    if (!b->free_spans) { free(b); return ec_fail(EC_ERR_OOM, "out of host memory"); }
+    if (!b->free_spans) {
+        if (b->mapped) vkUnmapMemory(ctx->device, b->memory);
+        vkFreeMemory(ctx->device, b->memory, NULL);
+        vkDestroyBuffer(ctx->device, b->buffer, NULL);
+        free(b);
+        return ec_fail(EC_ERR_OOM, "out of host memory");
+    }
     b->free_spans->size = size;
     *out = b;
     return EC_OK;
@@ -312,29 +318,136 @@ static void give_span(ec_block *b, VkDeviceSize offset, VkDeviceSize size)
     *link = s;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * Allocation failures: the message says how much was needed and how much was available, and the
+ * same two figures are kept for ec_oom_figures (which the Python binding turns into attributes). */
+
+static _Thread_local struct { int set; uint64_t needed, available; } oom_figures;
+
+int ec_oom_figures(uint64_t *needed, uint64_t *available)
+{
+    if (!oom_figures.set) return 0;
+    *needed = oom_figures.needed;
+    *available = oom_figures.available;
+    oom_figures.set = 0;
+    return 1;
+}
+
+/* "1.50 GiB" or "12.0 MiB": the temporaries live until the end of the full expression (C11 6.2.4p8). */
+typedef struct { char s[32]; } bytes_text;
+static bytes_text H(uint64_t n)
+{
+    bytes_text t;
+    if (n >= ((uint64_t)1 << 30)) snprintf(t.s, sizeof t.s, "%.2f GiB", n / (MiB * 1024.0));
+    else snprintf(t.s, sizeof t.s, "%.1f MiB", n / MiB);
+    return t;
+}
+
+static ec_status oom(uint64_t needed, uint64_t available, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static ec_status oom(uint64_t needed, uint64_t available, const char *fmt, ...)
+{
+    char message[900];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    ec_fail(EC_ERR_OOM, "%s", message);
+    oom_figures.set = 1;
+    oom_figures.needed = needed;
+    oom_figures.available = available;
+    return EC_ERR_OOM;
+}
+
+/* The largest free span of any block: the biggest allocation that needs no new block. */
+static VkDeviceSize largest_free_span(const ec_context *ctx)
+{
+    VkDeviceSize best = 0;
+    for (const ec_block *b = ctx->blocks; b; b = b->next)
+        for (const ec_span *s = b->free_spans; s; s = s->next)
+            if (s->size > best) best = s->size;
+    return best;
+}
+
+/* Gives empty blocks (ec_free keeps one cached for small tensors) back to the driver. */
+static void release_empty_blocks(ec_context *ctx)
+{
+    for (ec_block **link = &ctx->blocks; *link;) {
+        ec_block *b = *link;
+        if (b->used == 0) {
+            *link = b->next;
+            ctx->reserved -= b->size;
+            destroy_block(ctx, b);
+        } else {
+            link = &b->next;
+        }
+    }
+}
+
+void ec_set_budget(ec_context *ctx, uint64_t budget)
+{
+    ctx->budget = budget;
+    if (budget && ctx->reserved > budget) release_empty_blocks(ctx);
+}
+
+/* A new block of `size` bytes (at least `need`), linked into the context. */
+static ec_status add_block(ec_context *ctx, VkDeviceSize size, VkDeviceSize need, ec_block **out)
+{
+    ec_status s = new_block(ctx, size, ctx->memory_type, ctx->host_visible, out);
+    /* Near the end of device memory a whole default block may not fit where the request would; and blocks that
+     * eyecare holds but does not use are worth giving back before giving up. */
+    if (s == EC_ERR_OOM && size > need) s = new_block(ctx, need, ctx->memory_type, ctx->host_visible, out);
+    if (s == EC_ERR_OOM && ctx->blocks) {
+        release_empty_blocks(ctx);
+        s = new_block(ctx, need, ctx->memory_type, ctx->host_visible, out);
+    }
+    if (s) return s;
+    (*out)->next = ctx->blocks;
+    ctx->blocks = *out;
+    ctx->reserved += (*out)->size;
+    return EC_OK;
+}
+
 ec_status ec_alloc(ec_context *ctx, VkDeviceSize size, ec_allocation *out)
 {
     memset(out, 0, sizeof *out);
-    VkDeviceSize need = (size + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
-    if (need == 0) need = ALIGNMENT;
-    if (ctx->budget && ctx->in_use + need > ctx->budget)
-        return ec_fail(EC_ERR_OOM, "device memory budget exceeded: %.1f MiB needed, %.1f MiB available "
-                       "(%.1f MiB of the %.1f MiB budget in use; raise EYECARE_MAX_DEVICE_MEMORY or "
-                       "max_device_memory=)", need / MiB, (ctx->budget - ctx->in_use) / MiB,
-                       ctx->in_use / MiB, ctx->budget / MiB);
+    oom_figures.set = 0;
+    /* Checked before rounding, which could otherwise wrap a size near 2^64 to a small one. max_allocation is at most
+     * a heap's size, far below 2^63. */
+    VkDeviceSize need = size > ctx->max_allocation ? size : size ? (size + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT : ALIGNMENT;
+    if (need > ctx->max_allocation)
+        return oom(size, ctx->max_allocation, "out of device memory: %s needed in one piece, but %s allows at most %s "
+                   "in one allocation", H(size).s, ctx->info.name, H(ctx->max_allocation).s);
     VkDeviceSize offset = 0;
     ec_block *b = ctx->blocks;
     for (; b; b = b->next)
         if (take_span(b, need, &offset)) break;
     if (!b) {
-        ec_status s = new_block(ctx, need > BLOCK_BYTES ? need : BLOCK_BYTES, ctx->memory_type, ctx->host_visible, &b);
-        /* Near the end of device memory a whole default block may not fit where the request would. */
-        if (s == EC_ERR_OOM && need < BLOCK_BYTES)
-            s = new_block(ctx, need, ctx->memory_type, ctx->host_visible, &b);
+        VkDeviceSize size_of_block = need > BLOCK_BYTES ? need : BLOCK_BYTES;
+        if (ctx->budget) {
+            if (ctx->reserved + need > ctx->budget) release_empty_blocks(ctx);
+            if (ctx->reserved + need > ctx->budget) {
+                uint64_t headroom = ctx->budget > ctx->reserved ? ctx->budget - ctx->reserved : 0;
+                uint64_t largest = largest_free_span(ctx);
+                return oom(need, largest > headroom ? largest : headroom,
+                           "device memory budget exceeded: %s needed, %s available (budget %s, of which eyecare holds "
+                           "%s, %s of it in live tensors); raise EYECARE_MAX_DEVICE_MEMORY or max_device_memory=, "
+                           "or free tensors", H(need).s, H(largest > headroom ? largest : headroom).s,
+                           H(ctx->budget).s, H(ctx->reserved).s, H(ctx->in_use).s);
+            }
+            /* Blocks shrink to what is left of the budget, so that eyecare never holds more than it. */
+            if (ctx->reserved + size_of_block > ctx->budget) size_of_block = ctx->budget - ctx->reserved;
+        }
+        if (size_of_block > ctx->max_allocation) size_of_block = ctx->max_allocation;
+        ec_status s = add_block(ctx, size_of_block, need, &b);
+        if (s == EC_ERR_OOM) {
+            char driver[300];
+            snprintf(driver, sizeof driver, "%s", ec_last_error());
+            uint64_t left = ctx->heap_bytes > ctx->reserved ? ctx->heap_bytes - ctx->reserved : 0;
+            return oom(need, left, "out of device memory: %s needed, at most %s available (%s has a %s heap, of which "
+                       "eyecare holds %s; other programs may use the rest): %s", H(need).s, H(left).s, ctx->info.name,
+                       H(ctx->heap_bytes).s, H(ctx->reserved).s, driver);
+        }
         if (s) return s;
-        b->next = ctx->blocks;
-        ctx->blocks = b;
-        ctx->reserved += b->size;
         take_span(b, need, &offset);
     }
     ctx->in_use += need;
@@ -352,8 +465,9 @@ void ec_free(ec_context *ctx, ec_allocation *a)
     ec_block *b = a->block;
     give_span(b, a->offset, a->size);
     ctx->in_use -= a->size;
-    /* Give an empty block back to the driver, keeping the first one for small tensors. */
-    if (b->used == 0 && b != ctx->blocks) {
+    /* Give an empty block back to the driver, keeping the first one for small tensors unless it was made for one
+     * big tensor (which would otherwise stay reserved after that tensor is gone). */
+    if (b->used == 0 && (b != ctx->blocks || b->size > BLOCK_BYTES)) {
         for (ec_block **link = &ctx->blocks; *link; link = &(*link)->next)
             if (*link == b) { *link = b->next; break; }
         ctx->reserved -= b->size;
@@ -434,6 +548,24 @@ static ec_status pick_memory_types(ec_context *ctx)
     return EC_OK;
 }
 
+/* The largest allocation the device takes: a single allocation larger than its heap is invalid (the validation layer
+ * says so), as is one beyond maxMemoryAllocationSize (Vulkan 1.1) or a buffer beyond maxBufferSize (1.3). */
+static void allocation_limits(ec_context *ctx)
+{
+    VkPhysicalDeviceMemoryProperties mem;
+    vkGetPhysicalDeviceMemoryProperties(ctx->physical, &mem);
+    ctx->heap_bytes = mem.memoryHeaps[mem.memoryTypes[ctx->memory_type].heapIndex].size;
+    VkPhysicalDeviceMaintenance4Properties m4 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_4_PROPERTIES};
+    VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES,
+                                                 .pNext = ctx->info.api_version >= VK_API_VERSION_1_3 ? &m4 : NULL};
+    VkPhysicalDeviceProperties2 props = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &m3};
+    vkGetPhysicalDeviceProperties2(ctx->physical, &props);
+    uint64_t limit = ctx->heap_bytes;
+    if (m3.maxMemoryAllocationSize && m3.maxMemoryAllocationSize < limit) limit = m3.maxMemoryAllocationSize;
+    if (m4.maxBufferSize && m4.maxBufferSize < limit) limit = m4.maxBufferSize;
+    ctx->max_allocation = limit / ALIGNMENT * ALIGNMENT;
+}
+
 ec_status ec_context_create(const char *selector, int validation, uint64_t budget, ec_context **out)
 {
     *out = NULL;
@@ -496,6 +628,7 @@ ec_status ec_context_create(const char *selector, int validation, uint64_t budge
     vkGetDeviceQueue(ctx->device, ctx->queue_family, 0, &ctx->queue);
     ctx->push_descriptor_set = vkCmdPushDescriptorSetKHR;
     if ((s = pick_memory_types(ctx))) goto fail;
+    allocation_limits(ctx);
 
     VkCommandPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
                                   .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT, .queueFamilyIndex = ctx->queue_family};

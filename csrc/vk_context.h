@@ -70,9 +70,9 @@ typedef struct ec_context {
     int host_visible;           /* that type is also host-visible and coherent: no staging needed */
     uint32_t staging_type;
     ec_block *blocks;
-    uint64_t budget;            /* cap on live allocation bytes (EYECARE_MAX_DEVICE_MEMORY); 0 = none */
+    uint64_t budget;            /* cap on `reserved` (EYECARE_MAX_DEVICE_MEMORY, max_device_memory=); 0 = none */
     uint64_t in_use;            /* bytes of live allocations */
-    uint64_t reserved;          /* bytes of device memory held in blocks */
+    uint64_t reserved;          /* bytes of device memory held in blocks: what the driver has given eyecare */
     ec_allocation staging;      /* host-visible bounce buffer for discrete GPUs */
 
     /* work */
@@ -90,6 +90,10 @@ typedef struct ec_context {
     PFN_vkCmdPushDescriptorSetKHR push_descriptor_set;
 
     pthread_mutex_t lock;       /* serializes use of the context across threads */
+
+    uint64_t heap_bytes;        /* size of the heap tensors are allocated from */
+    uint64_t max_allocation;    /* largest single allocation the device accepts (heap, maxMemoryAllocationSize,
+                                   maxBufferSize), so that no request the driver must refuse reaches it */
 } ec_context;
 
 /* Lists the Vulkan devices: fills up to `cap` entries of out, sets *count to the number present. */
@@ -100,9 +104,18 @@ ec_status ec_list_devices(ec_device_info *out, int cap, int *count);
 ec_status ec_context_create(const char *selector, int validation, uint64_t budget, ec_context **out);
 void ec_context_destroy(ec_context *ctx);
 
-/* Device memory. */
+/* Device memory. ec_alloc fails with EC_ERR_OOM when the request is larger than the device allows in one piece, when
+ * it does not fit in the budget, or when the driver is out of memory; the message says how much was needed and how
+ * much was available, and ec_oom_figures() returns the same two numbers. A failed ec_alloc leaves the context as it
+ * was: nothing is held, in_use and reserved are unchanged (empty cached blocks may have been returned). */
 ec_status ec_alloc(ec_context *ctx, VkDeviceSize size, ec_allocation *out);
 void ec_free(ec_context *ctx, ec_allocation *a);
+/* The bytes needed and available of this thread's last ec_alloc failure; returns 0 when that ec_alloc succeeded or
+ * the last failure was not ec_alloc's. Read once: the figures are cleared. */
+int ec_oom_figures(uint64_t *needed, uint64_t *available);
+/* Sets the budget (0: none). Empty cached blocks are returned to the driver first when they would not fit in it;
+ * memory already held by live tensors stays, and allocations fail until enough of it is freed. */
+void ec_set_budget(ec_context *ctx, uint64_t budget);
 ec_status ec_write(ec_context *ctx, const ec_allocation *a, VkDeviceSize offset, const void *src, size_t n);
 ec_status ec_read(ec_context *ctx, const ec_allocation *a, VkDeviceSize offset, void *dst, size_t n);
 
