@@ -57,13 +57,13 @@ PyObject *ec_py_tensor_wrap(void *tensor);
 void *ec_py_tensor_get(PyObject *obj, int allow_none);
 int ec_py_tensor_type_init(PyObject *module); /* adds eyecare._core.Tensor */
 
-/* Method tables are weak while the binding files are being written in parallel; a missing table is skipped. */
-extern PyMethodDef ec_py_device_methods[] __attribute__((weak));      /* py_device.c: devices, context */
-extern PyMethodDef ec_py_tensor_methods[] __attribute__((weak));      /* py_tensor.c: creating tensors */
-extern PyMethodDef ec_py_ops_methods[] __attribute__((weak));         /* py_ops.c: one function per op, for tests */
-extern PyMethodDef ec_py_safetensors_methods[] __attribute__((weak)); /* py_safetensors.c */
-extern PyMethodDef ec_py_image_methods[] __attribute__((weak));       /* py_image.c */
-extern PyMethodDef ec_py_vision_methods[] __attribute__((weak));      /* py_vision.c: the SigLIP tower + connector */
-extern PyMethodDef ec_py_decoder_methods[] __attribute__((weak));     /* py_decoder.c: Phi-3 / Qwen2 */
+/* The method tables of the binding files, one per concern; py_module.c puts them all into the module. */
+extern PyMethodDef ec_py_device_methods[];      /* py_device.c: devices, context */
+extern PyMethodDef ec_py_tensor_methods[];      /* py_tensor.c: creating tensors */
+extern PyMethodDef ec_py_ops_methods[];         /* py_ops.c: one function per op, for tests */
+extern PyMethodDef ec_py_safetensors_methods[]; /* py_safetensors.c */
+extern PyMethodDef ec_py_image_methods[];       /* py_image.c */
+extern PyMethodDef ec_py_vision_methods[];      /* py_vision.c: the SigLIP tower + connector */
+extern PyMethodDef ec_py_decoder_methods[];     /* py_decoder.c: Phi-3 / Qwen2 */
 
 #endif

@@ -48,7 +48,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "eyecare._core",
 
 static int add_methods(PyObject *m, PyMethodDef *table)
 {
-    for (; table && table->ml_name; table++) {
+    for (; table->ml_name; table++) {
         PyObject *f = PyCFunction_NewEx(table, NULL, PyModule_GetNameObject(m));
         if (!f || PyModule_AddObject(m, table->ml_name, f) < 0) return -1;
     }
