@@ -68,13 +68,19 @@ ec_status ec_vision_config_check(ec_vision_config *c)
         return ec_fail(EC_ERR_ARG, "vision_config: image_size %d is smaller than patch_size %d", c->image_size, c->patch);
     if (!(c->eps > 0.0f) || !isfinite(c->eps)) return ec_fail(EC_ERR_ARG, "vision_config: layer_norm_eps must be positive");
     if (c->act != EC_GELU_TANH && c->act != EC_GELU_ERF) return ec_fail(EC_ERR_ARG, "vision_config: hidden_act must be a GELU");
-    /* The patch embedding is a stride-P convolution: floor(S / P) patches a side (384 / 14 = 27). */
+    /* The patch embedding is a stride-P convolution: floor(S / P) patches a side (384 / 14 = 27). A
+     * config.json is untrusted: bound the sides before multiplying, so no product can wrap. */
+    if (c->image_size > (1 << 16) || c->patch > (1 << 10))
+        return ec_fail(EC_ERR_LIMIT, "vision_config: image_size %d or patch_size %d is too large", c->image_size, c->patch);
     c->grid = c->image_size / c->patch;
-    c->tokens = c->grid * c->grid;
+    int64_t tokens = (int64_t)c->grid * c->grid;
     /* Every op indexes with 32-bit integers: keep one view's widest activation far below 2^32. */
-    int64_t widest = c->intermediate > c->hidden * (1 + EC_VISION_MAX_GROUPS) ? c->intermediate : c->hidden * (1 + EC_VISION_MAX_GROUPS);
-    if ((int64_t)c->tokens * widest > (1 << 28) || (int64_t)c->channels * c->patch * c->patch > (1 << 20))
-        return ec_fail(EC_ERR_LIMIT, "vision_config: %d tokens of width up to %lld per view are too large", c->tokens, (long long)widest);
+    int64_t concat = (int64_t)c->hidden * (1 + EC_VISION_MAX_GROUPS);
+    int64_t widest = c->intermediate > concat ? c->intermediate : concat;
+    if (tokens * widest > (1 << 28) || (int64_t)c->channels * c->patch * c->patch > (1 << 20))
+        return ec_fail(EC_ERR_LIMIT, "vision_config: %lld tokens of width up to %lld per view are too large", (long long)tokens,
+                       (long long)widest);
+    c->tokens = (int)tokens;
 
     int L = c->layers;
     if (c->feature_layer < -(L + 1) || c->feature_layer > L)

@@ -343,3 +343,16 @@ def test_processor_output_goes_straight_in(tmp_path):
     assert len(tokens) == sum(inputs["num_image_tokens"])
     _, want = reference(model, projector, inputs["pixel_values"], inputs["image_grids"], connector, tile_pool)
     assert_close(tokens, want, TOL["tiny"], "tokens")
+
+
+@pytest.mark.parametrize("image_size,patch_size", [(65536, 1), (60000, 2), (2**31 - 1, 14), (384, 2**20)])
+def test_hostile_config_sizes_raise_instead_of_wrapping(image_size, patch_size):
+    # A config.json is untrusted: token counts computed from huge sides must not wrap to small values.
+    from eyecare.vision import check_config
+
+    cfg = {"vision_config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 image_size=image_size, patch_size=patch_size),
+           "connector": {"groups": [[0, 1], [1, 2]]}, "adaptive_resolution": {"tile_size": image_size},
+           "text_config": {"hidden_size": 8}}
+    with pytest.raises(ValueError, match="too large|out of range|smaller than"):
+        check_config(cfg)
