@@ -77,7 +77,7 @@ class EyecareGPT:
         Every missing or misshapen tensor is named in one FormatError before anything is uploaded."""
         from . import _core
         from .config import DecoderConfig
-        from .language import LanguageModel
+        from .language import LanguageModel, _read_json
         from .processor import EyecareProcessor
         from .safetensors import open_safetensors
         from .tokenizer import Tokenizer
@@ -246,15 +246,6 @@ def _sampling(temperature):
     if temperature is None or temperature == 0:
         return {"do_sample": False}
     return {"do_sample": True, "temperature": float(temperature)}
-
-
-def _read_json(path):
-    import json
-
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _parse_bytes(value) -> int:
