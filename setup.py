@@ -62,9 +62,9 @@ def extension():
         ldflags += [f"-fsanitize={sanitize}"]
     return Extension(
         "eyecare._core",
-        sources=sorted(glob.glob("csrc/*.c")),
+        sources=sorted(glob.glob("csrc/*.c") + glob.glob("csrc/*/*.c")),
         include_dirs=["csrc", "/usr/include/stb"],
-        depends=sorted(glob.glob("csrc/*.h") + glob.glob("shaders/*")),
+        depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*/*.h") + glob.glob("shaders/*")),
         extra_compile_args=cflags,
         extra_link_args=ldflags,
         libraries=["dl", "pthread", "m"],

@@ -1,4 +1,4 @@
-"""The language model: a Phi-3 or Qwen2 decoder run by the C core (csrc/decoder.c) with its KV cache on
+"""The language model: a Phi-3 or Qwen2 decoder run by the C core (csrc/model/decoder.c) with its KV cache on
 the device, plus tokenizer, chat template, sampling and streaming, with an interface a transformers user
 knows::
 

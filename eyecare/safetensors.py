@@ -1,7 +1,7 @@
 """Reading safetensors checkpoints: single files, sharded ones (``model.safetensors.index.json``), or
 a checkpoint directory.
 
-The reader is in C (``csrc/safetensors.c``) and treats every file as untrusted: the whole header is
+The reader is in C (``csrc/io/safetensors.c``) and treats every file as untrusted: the whole header is
 validated when the file is opened (header size, strict JSON, dtypes, shapes, offsets inside the file,
 sizes matching shapes, no overlapping tensors, shard names confined to the checkpoint's directory), and
 a bad file raises :class:`eyecare.FormatError` (a ``ValueError``) naming the file and the problem.

@@ -1,6 +1,6 @@
 """Sampling options, resolved as transformers' ``generate`` resolves them: what the call says, else the
 checkpoint's ``generation_config.json``, else transformers' defaults (greedy; when sampling, temperature
-1, top-k 50, top-p 1). The choice of each token is made by eyecare._core.sample (csrc/sampler.c): the
+1, top-k 50, top-p 1). The choice of each token is made by eyecare._core.sample (csrc/model/sampler.c): the
 repetition penalty, then, when sampling, temperature, top-k, top-p and a draw from a NumPy generator
 seeded with ``seed``, so that a seeded run repeats exactly."""
 from __future__ import annotations

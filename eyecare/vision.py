@@ -1,7 +1,7 @@
 """The vision side of EyecareGPT on the device: the SigLIP vision tower, the Layer-wise Dense Connector
 (LDC), the ``mlp2x_gelu`` projector and the pooling of tile tokens (DESIGN.md 1.2-1.3).
 
-The computation is in C (``csrc/vision.c``): every pass over a chunk of views (patch embedding, the
+The computation is in C (``csrc/model/vision.c``): every pass over a chunk of views (patch embedding, the
 encoder layers, the LDC's running means, projector, pooling) is recorded into one command buffer and
 submitted once. Only the layers the connector reads are computed: with ``feature_layer`` -2 and groups
 ending at 26, so400m's 27th layer never runs.

@@ -1,8 +1,8 @@
-/* libFuzzer harness for csrc/image.c on encoded images: header reading (ec_image_info), decoding through the hardened
+/* libFuzzer harness for csrc/io/image.c on encoded images: header reading (ec_image_info), decoding through the hardened
  * stb_image (every format eyecare accepts), then the whole processor path on what was decoded: the bicubic global
  * view and the padded, tiled grid (ec_image_make_views). The input is the file. */
 #include "common.h"
-#include "image.h"
+#include "io/image.h"
 
 /* Small enough that a crafted header cannot make one input take seconds to decode under ASan; the limit logic itself
  * is the same for any value. */

@@ -1,4 +1,4 @@
-/* libFuzzer harness for the geometry of csrc/image.c without a decoder in front: PIL-exact bicubic resizing
+/* libFuzzer harness for the geometry of csrc/io/image.c without a decoder in front: PIL-exact bicubic resizing
  * (ec_image_resize_bicubic) between arbitrary sizes, including extreme aspect ratios, and the global view + padded
  * tiles (ec_image_make_views) for any tile size and grid. The first 16 bytes choose the sizes and parameters; the rest
  * are pixels (repeated to fill the image). Output buffers are exactly as large as the API says, so ASan sees any
@@ -6,7 +6,7 @@
 #include <math.h>
 
 #include "common.h"
-#include "image.h"
+#include "io/image.h"
 
 static int u16(const uint8_t *p) { return p[0] | p[1] << 8; }
 

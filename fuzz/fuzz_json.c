@@ -1,10 +1,10 @@
-/* libFuzzer harness for csrc/json.c, the parser of every JSON file eyecare reads (safetensors headers,
+/* libFuzzer harness for csrc/io/json.c, the parser of every JSON file eyecare reads (safetensors headers,
  * model.safetensors.index.json, config.json): any input must either parse into a tree that keeps json.h's
  * promises or fail with a message, never crash, leak, or take more than linear time. */
 #include <math.h>
 
 #include "common.h"
-#include "json.h"
+#include "io/json.h"
 
 /* Walks the tree checking what json.h promises about it. Depth is bounded by the parser's limit. */
 static void walk(const ec_json *v, int depth, size_t *nodes)

@@ -1,5 +1,5 @@
-/* libFuzzer harness for csrc/safetensors.c on a single .safetensors file: the 8-byte header length, the JSON header
- * (through csrc/json.c) and every tensor entry. The input is the whole file. safetensors.c is compiled with the
+/* libFuzzer harness for csrc/io/safetensors.c on a single .safetensors file: the 8-byte header length, the JSON header
+ * (through csrc/io/json.c) and every tensor entry. The input is the whole file. safetensors.c is compiled with the
  * heap-backed mmap of mmap_shim.h, so a tensor that reaches past the end of its file is an ASan report. */
 #include "st_check.h"
 

@@ -1,4 +1,4 @@
-/* libFuzzer harness for the sharded-checkpoint reader of csrc/safetensors.c: model.safetensors.index.json plus up to
+/* libFuzzer harness for the sharded-checkpoint reader of csrc/io/safetensors.c: model.safetensors.index.json plus up to
  * three shards. The input is the index followed by the shards, each part introduced by the separator below; the
  * shards are written as s1.safetensors, s2.safetensors and s3.safetensors (what the seed indexes name), and the
  * directory is opened as a checkpoint. */

@@ -1,4 +1,4 @@
-/* The heap-backed mmap/munmap that fuzz/mmap_shim.h substitutes in csrc/safetensors.c (see there). */
+/* The heap-backed mmap/munmap that fuzz/mmap_shim.h substitutes in csrc/io/safetensors.c (see there). */
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/mman.h>

@@ -1,4 +1,4 @@
-/* Force-included (-include) into csrc/safetensors.c for the fuzz harnesses only.
+/* Force-included (-include) into csrc/io/safetensors.c for the fuzz harnesses only.
  *
  * AddressSanitizer cannot see past the end of a file mapping: a read just beyond the mapped bytes lands
  * in the rest of the page (zeros) and goes unnoticed. Here mmap() copies the file into a heap block of

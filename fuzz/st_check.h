@@ -5,7 +5,7 @@
 #define EC_FUZZ_ST_CHECK_H
 
 #include "common.h"
-#include "safetensors.h"
+#include "io/safetensors.h"
 
 static volatile uint8_t fuzz_sink;
 

@@ -1,4 +1,4 @@
-"""Image input in C (csrc/image.c through eyecare._core): decoding against PIL, hostile files, the pixel limit,
+"""Image input in C (csrc/io/image.c through eyecare._core): decoding against PIL, hostile files, the pixel limit,
 PIL-exact bicubic resizing and the view layout. No Vulkan device is involved.
 
 Tolerances: lossless formats decode exactly as PIL does; JPEG within 4 levels of PIL (libjpeg-turbo), mean under

@@ -1,4 +1,4 @@
-"""The safetensors reader (csrc/safetensors.c, csrc/json.c, csrc/py_safetensors.c).
+"""The safetensors reader (csrc/io/safetensors.c, csrc/io/json.c, csrc/python/py_safetensors.c).
 
 Files written by the safetensors library must read back bit-exactly; hostile files must raise
 eyecare.FormatError naming the file and the problem, and nothing may crash the process."""

@@ -1,9 +1,9 @@
-#include "ops.h"
+#include "ops/ops.h"
 
 #include <math.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "vk/kernels.h"
 #include "shaders_spv.h"
 
 /* ------------------------------------------------------------------------------------------------

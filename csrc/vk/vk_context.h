@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
-#include "vk_loader.h"
+#include "vk/vk_loader.h"
 
 #include "errors.h"
 

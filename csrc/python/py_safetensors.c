@@ -3,13 +3,13 @@
  * The ec_st_file lives in a capsule, not in the SafetensorsFile itself: arrays returned by get() are
  * views into the file's mapping and hold the capsule as their base, so close() can drop the file's
  * reference at once while the mapping stays until the last view is gone. */
-#include "py_common.h"
+#include "python/py_common.h"
 
 #include <string.h>
 
-#include "json.h"
-#include "safetensors.h"
-#include "tensor.h"
+#include "io/json.h"
+#include "io/safetensors.h"
+#include "vk/tensor.h"
 
 #define CAPSULE_NAME "eyecare._core.safetensors_mapping"
 

@@ -4,7 +4,7 @@
 #ifndef EC_TENSOR_H
 #define EC_TENSOR_H
 
-#include "vk_context.h"
+#include "vk/vk_context.h"
 
 typedef enum { EC_F32 = 0, EC_F16 = 1, EC_BF16 = 2, EC_I32 = 3 } ec_dtype;
 

@@ -1,4 +1,4 @@
-#include "vk_context.h"
+#include "vk/vk_context.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "vk/kernels.h"
 
 #define MiB (1024.0 * 1024.0)
 

@@ -1,9 +1,9 @@
 /* eyecare._core.Tensor: a device tensor owned by a Python object (freed explicitly with free() or when
  * garbage-collected). Conversions between NumPy dtypes live in eyecare/tensor.py; this file takes
  * C-contiguous arrays of the exact item size. */
-#include "py_common.h"
+#include "python/py_common.h"
 
-#include "tensor.h"
+#include "vk/tensor.h"
 
 typedef struct {
     PyObject_HEAD

@@ -11,7 +11,7 @@
 #ifndef EC_DECODER_H
 #define EC_DECODER_H
 
-#include "ops.h"
+#include "ops/ops.h"
 
 typedef struct {
     char model_type[32];       /* "phi3" or "qwen2": for messages */

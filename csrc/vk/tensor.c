@@ -1,4 +1,4 @@
-#include "tensor.h"
+#include "vk/tensor.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,8 +1,8 @@
 /* Python binding of the image functions (image.h): decode_image, resize_bicubic, make_views. The GIL is released
  * while pixels are decoded or resampled. */
-#include "py_common.h"
+#include "python/py_common.h"
 
-#include "image.h"
+#include "io/image.h"
 
 #define PIXELS_CAPSULE "eyecare._core.image_pixels"
 

@@ -1,4 +1,4 @@
-#include "vk_loader.h"
+#include "vk/vk_loader.h"
 
 #include <dlfcn.h>
 #include <stddef.h>

@@ -1,7 +1,7 @@
 /* The Phi-3 / Qwen2 decoder on the device. record_chunk() is the whole model: follow a token from its
  * embedding, through every layer, to the logits there. The rest is bookkeeping: weight checks, the
  * KV cache, the RoPE table and chunking long prompts. */
-#include "decoder.h"
+#include "model/decoder.h"
 
 #include <math.h>
 #include <stdarg.h>

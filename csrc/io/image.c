@@ -1,5 +1,5 @@
 /* Image decode (stb_image), PIL-exact bicubic resize, and the global view + tiles of DESIGN.md 1.1. See image.h. */
-#include "image.h"
+#include "io/image.h"
 
 #include <errno.h>
 #include <fcntl.h>

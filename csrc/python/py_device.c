@@ -1,10 +1,10 @@
 /* eyecare._core: the devices and the default context. */
-#include "py_common.h"
+#include "python/py_common.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "vk_context.h"
+#include "vk/vk_context.h"
 
 int ec_validation_message_count(void);
 

@@ -14,7 +14,7 @@
 #ifndef EC_VISION_H
 #define EC_VISION_H
 
-#include "ops.h"
+#include "ops/ops.h"
 
 #define EC_VISION_MAX_GROUPS 8
 #define EC_VISION_MAX_PROJECTOR 8

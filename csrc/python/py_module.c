@@ -1,6 +1,6 @@
 /* The eyecare._core module: exception classes and the method tables of the py_*.c files. */
 #define EC_PY_MODULE_MAIN
-#include "py_common.h"
+#include "python/py_common.h"
 
 PyObject *ec_py_EyecareError, *ec_py_FormatError, *ec_py_NoDeviceError, *ec_py_DeviceError, *ec_py_DeviceMemoryError;
 

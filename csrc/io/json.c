@@ -1,6 +1,6 @@
 /* strtod_l (locale-independent number conversion) is a GNU/BSD extension. */
 #define _GNU_SOURCE
-#include "json.h"
+#include "io/json.h"
 
 #include <math.h>
 #include <stdarg.h>

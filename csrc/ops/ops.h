@@ -6,7 +6,7 @@
 #ifndef EC_OPS_H
 #define EC_OPS_H
 
-#include "tensor.h"
+#include "vk/tensor.h"
 
 /* A column range of a row-major f32 tensor: element (r, c) is t[off + r * stride + c]. Lets ops read
  * q, k and v straight out of a fused qkv projection, or write into a slice of a bigger tensor. */

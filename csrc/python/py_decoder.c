@@ -1,9 +1,9 @@
 /* eyecare._core.Decoder (the Phi-3 / Qwen2 decoder of decoder.c) and eyecare._core.sample (sampler.c).
  * eyecare/language.py builds the config dict and the weights and is the public face of both. */
-#include "py_common.h"
+#include "python/py_common.h"
 
-#include "decoder.h"
-#include "sampler.h"
+#include "model/decoder.h"
+#include "model/sampler.h"
 
 typedef struct {
     PyObject_HEAD

@@ -15,7 +15,7 @@
 #include <numpy/arrayobject.h>
 
 #include "errors.h"
-#include "vk_context.h"
+#include "vk/vk_context.h"
 
 /* The exception classes, created in py_module.c (all derive from eyecare.EyecareError):
  * FormatError (also a ValueError), NoDeviceError, DeviceError, DeviceMemoryError (also a MemoryError). */

@@ -1,8 +1,8 @@
 /* One Python function per op (eyecare._core.op_*), so each op can be tested on its own against NumPy.
  * Outputs are passed in; an op runs at once unless a batch was opened with begin(). */
-#include "py_common.h"
+#include "python/py_common.h"
 
-#include "ops.h"
+#include "ops/ops.h"
 
 #define TENSOR(obj) ((ec_tensor *)ec_py_tensor_get((obj), 0))
 #define TENSOR_OR_NONE(obj) ((ec_tensor *)ec_py_tensor_get((obj), 1))

@@ -1,12 +1,12 @@
 /* eyecare._core.VisionTower: the tower of vision.c for Python (eyecare/vision.py builds the settings
  * and picks the weight names). The tower borrows the weights' device tensors: it holds their Tensor
  * objects and re-reads them before every pass, so a weight freed meanwhile is an error, not a crash. */
-#include "py_common.h"
+#include "python/py_common.h"
 
 #include <string.h>
 
-#include "tensor.h"
-#include "vision.h"
+#include "vk/tensor.h"
+#include "model/vision.h"
 
 typedef struct {
     PyObject_HEAD
