@@ -17,8 +17,8 @@ layout(constant_id = 2) const uint D = 64;       // head dimension (any: 72 for 
 const uint D4 = (D + 3) / 4;
 
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
-layout(binding = 1) uniform usamplerBuffer K;
-layout(binding = 2) uniform usamplerBuffer V;
+layout(binding = 1) uniform utextureBuffer K;
+layout(binding = 2) uniform utextureBuffer V;
 layout(std430, binding = 3) readonly buffer L { int lens[]; };
 layout(std430, binding = 4) buffer O { float o[]; };
 
@@ -30,7 +30,7 @@ layout(push_constant) uniform P {
     float scale;
 } p;
 
-vec4 fetch4(usamplerBuffer buf, uint e) { return uintBitsToFloat(texelFetch(buf, int(e >> 2))); }
+vec4 fetch4(utextureBuffer buf, uint e) { return uintBitsToFloat(texelFetch(buf, int(e >> 2))); }
 
 void main()
 {

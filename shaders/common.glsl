@@ -3,6 +3,9 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_KHR_shader_subgroup_ballot : require
+// Texel buffers are declared as utextureBuffer (no sampler): a usamplerBuffer compiles to a sampled image of Dim
+// Buffer, which newer SPIR-V validation (Mesa 25's lavapipe, current drivers) rejects.
+#extension GL_EXT_samplerless_texture_functions : require
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint WTYPE = 0;
@@ -32,16 +35,16 @@ void unpack_texel(uvec4 t, out vec4 lo, out vec4 hi)
 }
 
 // Element e of a texel buffer holding WTYPE values (the general path for unaligned rows).
-float fetch_elem_as(usamplerBuffer buf, uint e, uint type)
+float fetch_elem_as(utextureBuffer buf, uint e, uint type)
 {
     if (type == W_F32) return uintBitsToFloat(texelFetch(buf, int(e >> 2))[e & 3u]);
     uint u = texelFetch(buf, int(e >> 3))[(e >> 1) & 3u];
     return unpack_pair_as(u, type)[e & 1u];
 }
-float fetch_elem(usamplerBuffer buf, uint e) { return fetch_elem_as(buf, e, WTYPE); }
+float fetch_elem(utextureBuffer buf, uint e) { return fetch_elem_as(buf, e, WTYPE); }
 
 // f32 element e of a texel buffer of f32 values (activations read as texels).
-float fetch_f32(usamplerBuffer buf, uint e) { return uintBitsToFloat(texelFetch(buf, int(e >> 2))[e & 3u]); }
+float fetch_f32(utextureBuffer buf, uint e) { return uintBitsToFloat(texelFetch(buf, int(e >> 2))[e & 3u]); }
 
 // Sum of v over the workgroup. One subgroup per workgroup is the fast case (lavapipe: 8 lanes);
 // devices whose workgroup spans several subgroups combine their partial sums in shared memory.

@@ -11,8 +11,8 @@ layout(constant_id = 3) const uint TM = 4;
 layout(constant_id = 4) const uint TN = 4;
 
 layout(std430, binding = 0) readonly buffer X { float x[]; };
-layout(binding = 1) uniform usamplerBuffer W;
-layout(binding = 2) uniform usamplerBuffer B;
+layout(binding = 1) uniform utextureBuffer W;
+layout(binding = 2) uniform utextureBuffer B;
 layout(std430, binding = 3) buffer Y { float y[]; };
 
 layout(push_constant) uniform P {

@@ -11,9 +11,9 @@ layout(constant_id = 2) const uint BTYPE = 0;
 layout(constant_id = 3) const uint ROWS = 16;
 layout(constant_id = 4) const uint NM = 1;   // number of x vectors (M), at most 8
 
-layout(binding = 0) uniform usamplerBuffer X;
-layout(binding = 1) uniform usamplerBuffer W;
-layout(binding = 2) uniform usamplerBuffer B;
+layout(binding = 0) uniform utextureBuffer X;
+layout(binding = 1) uniform utextureBuffer W;
+layout(binding = 2) uniform utextureBuffer B;
 layout(std430, binding = 3) buffer Y { float y[]; };
 
 layout(push_constant) uniform P {

@@ -7,8 +7,8 @@
 layout(constant_id = 2) const uint MODE = 0;
 
 layout(std430, binding = 0) readonly buffer X { float x[]; };
-layout(binding = 1) uniform usamplerBuffer Wt;
-layout(binding = 2) uniform usamplerBuffer Bt;
+layout(binding = 1) uniform utextureBuffer Wt;
+layout(binding = 2) uniform utextureBuffer Bt;
 layout(std430, binding = 3) buffer Y { float y[]; };
 
 layout(push_constant) uniform P { uint rows, cols; float eps; uint x_off, y_off, has_bias; } p;
