@@ -55,7 +55,9 @@ class BuildWithShaders(build_ext):
 def extension():
     sanitize = os.environ.get("EYECARE_SANITIZE")  # "address,undefined" for the ASan/UBSan build
     cflags = ["-std=gnu11", "-O2", "-g", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter",
-              "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
+              "-Wno-missing-field-initializers", "-Wno-cast-function-type",
+              # the typed dispatch of csrc/ops/ops.c: another kernel's push-constant struct is an error, not a warning
+              "-Werror=incompatible-pointer-types"]
     ldflags = []
     if sanitize:
         cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-O1"]
@@ -63,7 +65,7 @@ def extension():
     return Extension(
         "eyecare._core",
         sources=sorted(glob.glob("csrc/*.c") + glob.glob("csrc/*/*.c")),
-        include_dirs=["csrc", "/usr/include/stb"],
+        include_dirs=["csrc", "shaders", "/usr/include/stb"],  # shaders/kernel_params.h: the C/GLSL contract
         depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*/*.h") + glob.glob("shaders/*")),
         extra_compile_args=cflags,
         extra_link_args=ldflags,

@@ -5,13 +5,13 @@
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
-layout(constant_id = 2) const uint MODE = 0;
+EC_ACTIVATION_SPEC(EC_SPEC_DECLARE)
 
 layout(std430, binding = 0) readonly buffer In0 { float in0[]; };
 layout(std430, binding = 1) readonly buffer In1 { float in1[]; };
 layout(std430, binding = 2) buffer Out { float o[]; };
 
-layout(push_constant) uniform P { uint rows, cols, in0_off, in0_stride, in1_off, in1_stride, o_off; } p;
+layout(push_constant) uniform Push { ec_activation_push p; };
 
 // erf to about 1e-7 absolute (Abramowitz & Stegun 7.1.26 is too coarse for parity with torch, so
 // this uses the complementary-error-function expansion from Numerical Recipes' erfc, 1.2e-7).

@@ -8,7 +8,7 @@ layout(std430, binding = 0) readonly buffer A { float a[]; };
 layout(std430, binding = 1) readonly buffer Bb { float b[]; };
 layout(std430, binding = 2) buffer O { float o[]; };
 
-layout(push_constant) uniform P { uint n, nb; float alpha; uint a_off, b_off, o_off, b_start; } p;
+layout(push_constant) uniform Push { ec_add_push p; };
 
 void main()
 {

@@ -7,7 +7,7 @@
 layout(std430, binding = 0) readonly buffer X { float x[]; };
 layout(std430, binding = 1) buffer O { int o[]; };
 
-layout(push_constant) uniform P { uint rows, cols, x_off; } p;
+layout(push_constant) uniform Push { ec_argmax_push p; };
 
 shared uint wg_index[64];
 

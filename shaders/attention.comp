@@ -13,7 +13,7 @@
 #extension GL_EXT_control_flow_attributes : require
 #include "common.glsl"
 
-layout(constant_id = 2) const uint D = 64;       // head dimension (any: 72 for SigLIP, 128 for Qwen2)
+EC_ATTENTION_SPEC(EC_SPEC_DECLARE)
 const uint D4 = (D + 3) / 4;
 
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
@@ -22,13 +22,7 @@ layout(binding = 2) uniform utextureBuffer V;
 layout(std430, binding = 3) readonly buffer L { int lens[]; };
 layout(std430, binding = 4) buffer O { float o[]; };
 
-layout(push_constant) uniform P {
-    uint T, Hq, Hkv, causal;
-    uint q_off, q_row, q_seq;      // q element (b,t,h,d) = q_off + b*q_seq + t*q_row + h*D + d
-    uint k_off, v_off, kv_row, kv_seq;  // k/v element (b,s,h,d) = k_off + b*kv_seq + s*kv_row + h*D + d
-    uint o_off, o_row, o_seq;
-    float scale;
-} p;
+layout(push_constant) uniform Push { ec_attention_push p; };
 
 vec4 fetch4(utextureBuffer buf, uint e) { return uintBitsToFloat(texelFetch(buf, int(e >> 2))); }
 

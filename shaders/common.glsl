@@ -1,15 +1,17 @@
 // Shared by every kernel. Specialization constant 0 is the workgroup width (the device's subgroup
 // size unless a kernel says otherwise); 1 is the weight dtype of the kernel's texel-buffer operand.
+// Each kernel's push constants and own specialization constants are in kernel_params.h (shared with the C code).
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_KHR_shader_subgroup_ballot : require
 // Texel buffers are declared as utextureBuffer (no sampler): a usamplerBuffer compiles to a sampled image of Dim
 // Buffer, which newer SPIR-V validation (Mesa 25's lavapipe, current drivers) rejects.
 #extension GL_EXT_samplerless_texture_functions : require
+#include "kernel_params.h"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint WTYPE = 0;
-const uint W_F32 = 0u, W_F16 = 1u, W_BF16 = 2u;
+const uint W_F32 = EC_W_F32, W_F16 = EC_W_F16, W_BF16 = EC_W_BF16;
 
 // Weights (and any read-only operand) are read through a uniform texel buffer of RGBA32UI: one
 // 16-byte fetch gives 4 f32 or 8 f16/bf16 values. It reaches 2 GiB, past maxStorageBufferRange.

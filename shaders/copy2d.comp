@@ -7,7 +7,7 @@
 layout(std430, binding = 0) readonly buffer S { float src[]; };
 layout(std430, binding = 1) buffer Dd { float dst[]; };
 
-layout(push_constant) uniform P { uint rows, cols, src_off, src_stride, dst_off, dst_stride; } p;
+layout(push_constant) uniform Push { ec_copy2d_push p; };
 
 void main()
 {

@@ -8,7 +8,7 @@ layout(std430, binding = 0) readonly buffer Ids { int ids[]; };
 layout(binding = 1) uniform utextureBuffer Table;
 layout(std430, binding = 2) buffer O { float o[]; };
 
-layout(push_constant) uniform P { uint n_ids, dim, vocab, o_off; } p;
+layout(push_constant) uniform Push { ec_embedding_push p; };
 
 void main()
 {

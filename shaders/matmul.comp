@@ -6,20 +6,14 @@
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
-layout(constant_id = 2) const uint BTYPE = 0;
-layout(constant_id = 3) const uint TM = 4;
-layout(constant_id = 4) const uint TN = 4;
+EC_MATMUL_SPEC(EC_SPEC_DECLARE)
 
 layout(std430, binding = 0) readonly buffer X { float x[]; };
 layout(binding = 1) uniform utextureBuffer W;
 layout(binding = 2) uniform utextureBuffer B;
 layout(std430, binding = 3) buffer Y { float y[]; };
 
-layout(push_constant) uniform P {
-    uint M, N, K;
-    uint x_off, y_off;   // element offsets of the bound ranges (for row chunks of huge tensors)
-    uint has_bias, accumulate, aligned;
-} p;
+layout(push_constant) uniform Push { ec_matmul_push p; };
 
 void main()
 {

@@ -7,20 +7,14 @@
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
-layout(constant_id = 2) const uint BTYPE = 0;
-layout(constant_id = 3) const uint ROWS = 16;
-layout(constant_id = 4) const uint NM = 1;   // number of x vectors (M), at most 8
+EC_MATVEC_SPEC(EC_SPEC_DECLARE)
 
 layout(binding = 0) uniform utextureBuffer X;
 layout(binding = 1) uniform utextureBuffer W;
 layout(binding = 2) uniform utextureBuffer B;
 layout(std430, binding = 3) buffer Y { float y[]; };
 
-layout(push_constant) uniform P {
-    uint M, N, K;
-    uint x_off, y_off;
-    uint has_bias, accumulate, aligned;
-} p;
+layout(push_constant) uniform Push { ec_matmul_push p; };
 
 void main()
 {

@@ -4,14 +4,14 @@
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
-layout(constant_id = 2) const uint MODE = 0;
+EC_NORM_SPEC(EC_SPEC_DECLARE)
 
 layout(std430, binding = 0) readonly buffer X { float x[]; };
 layout(binding = 1) uniform utextureBuffer Wt;
 layout(binding = 2) uniform utextureBuffer Bt;
 layout(std430, binding = 3) buffer Y { float y[]; };
 
-layout(push_constant) uniform P { uint rows, cols; float eps; uint x_off, y_off, has_bias; } p;
+layout(push_constant) uniform Push { ec_norm_push p; };
 
 void main()
 {

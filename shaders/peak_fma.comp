@@ -6,7 +6,7 @@
 #include "common.glsl"
 
 layout(std430, binding = 0) buffer O { float o[]; };
-layout(push_constant) uniform P { uint iterations; float seed; } p;
+layout(push_constant) uniform Push { ec_peak_fma_push p; };
 
 void main()
 {

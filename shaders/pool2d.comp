@@ -8,7 +8,7 @@
 layout(std430, binding = 0) readonly buffer X { float x[]; };
 layout(std430, binding = 1) buffer Y { float y[]; };
 
-layout(push_constant) uniform P { uint B, H, W, C, OH, OW; } p;
+layout(push_constant) uniform Push { ec_pool2d_push p; };
 
 void main()
 {

@@ -10,7 +10,7 @@
 layout(std430, binding = 0) buffer X { float x[]; };
 layout(std430, binding = 1) readonly buffer CS { float cs[]; };
 
-layout(push_constant) uniform P { uint tokens, n_heads, head_dim, rot_dim, x_off, row_stride; } p;
+layout(push_constant) uniform Push { ec_rope_push p; };
 
 void main()
 {

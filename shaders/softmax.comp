@@ -6,7 +6,7 @@
 layout(std430, binding = 0) readonly buffer X { float x[]; };
 layout(std430, binding = 1) buffer Y { float y[]; };
 
-layout(push_constant) uniform P { uint rows, cols; float scale; uint x_off, y_off; } p;
+layout(push_constant) uniform Push { ec_softmax_push p; };
 
 void main()
 {

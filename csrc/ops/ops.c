@@ -4,22 +4,49 @@
 #include <string.h>
 
 #include "vk/kernels.h"
+#include "kernel_params.h"
 #include "shaders_spv.h"
 
 /* ------------------------------------------------------------------------------------------------
- * The kernel table: shader, bindings ('S' storage buffer, 'T' texel view) and push-constant bytes. */
+ * The kernel table: shader, bindings ('S' storage buffer, 'T' texel view) and its push-constant struct
+ * (shaders/kernel_params.h, which the shader includes too). */
 
-#define KERNEL(name, bindings, push) {#name, ec_spv_##name, sizeof ec_spv_##name, bindings, push}
-enum { K_MATMUL, K_MATVEC, K_ADD, K_NORM, K_ACTIVATION, K_SOFTMAX, K_ROPE, K_ATTENTION, K_EMBEDDING,
-       K_COPY2D, K_POOL2D, K_ARGMAX, K_PATCHIFY, K_PEAK_FMA };
+#define KERNEL(name, bindings, push) {#name, ec_spv_##name, sizeof ec_spv_##name, bindings, sizeof(struct ec_##push##_push)}
+enum { K_matmul, K_matvec, K_add, K_norm, K_activation, K_softmax, K_rope, K_attention, K_embedding,
+       K_copy2d, K_pool2d, K_argmax, K_patchify, K_peak_fma };
 const ec_kernel_def ec_kernels[] = {
-    KERNEL(matmul, "STTS", 32),     KERNEL(matvec, "TTTS", 32),  KERNEL(add, "SSS", 28),
-    KERNEL(norm, "STTS", 24),       KERNEL(activation, "SSS", 28), KERNEL(softmax, "SS", 20),
-    KERNEL(rope, "SS", 24),         KERNEL(attention, "STTSS", 60), KERNEL(embedding, "STS", 16),
-    KERNEL(copy2d, "SS", 24),       KERNEL(pool2d, "SS", 24),    KERNEL(argmax, "SS", 12),
-    KERNEL(patchify, "SS", 20),     KERNEL(peak_fma, "S", 8),
+    KERNEL(matmul, "STTS", matmul),   KERNEL(matvec, "TTTS", matmul),       KERNEL(add, "SSS", add),
+    KERNEL(norm, "STTS", norm),       KERNEL(activation, "SSS", activation), KERNEL(softmax, "SS", softmax),
+    KERNEL(rope, "SS", rope),         KERNEL(attention, "STTSS", attention), KERNEL(embedding, "STS", embedding),
+    KERNEL(copy2d, "SS", copy2d),     KERNEL(pool2d, "SS", pool2d),         KERNEL(argmax, "SS", argmax),
+    KERNEL(patchify, "SS", patchify), KERNEL(peak_fma, "S", peak_fma),
 };
 const int ec_kernel_count = sizeof ec_kernels / sizeof ec_kernels[0];
+
+/* PIPELINE(kernel, &p, .width = ..., .FIELD = ...): the pipeline of a kernel, specialized by the fields
+ * of its struct ec_<kernel>_spec (a name the shader does not declare does not compile). */
+static ec_status pipeline_get(ec_context *ctx, int kernel, ec_spec_words spec, ec_pipeline **out)
+{
+    return ec_pipeline_get(ctx, kernel, spec.w, out);
+}
+#define PIPELINE(k, out, ...) \
+    pipeline_get(ctx, K_##k, ec_##k##_spec_words((struct ec_##k##_spec){__VA_ARGS__}), out)
+
+/* dispatch_<kernel>(ctx, p, bindings, &push, groups x, y, z): the push constants are typed (passing
+ * another kernel's struct is an incompatible-pointer error, -Werror in setup.py), and p must be
+ * a pipeline of that kernel. */
+#define DISPATCHER(k, push)                                                                                 \
+    static ec_status dispatch_##k(ec_context *ctx, ec_pipeline *p, const ec_binding *bind,                      \
+                                  const struct ec_##push##_push *pc, uint32_t gx, uint32_t gy, uint32_t gz)     \
+    {                                                                                                          \
+        if (p->kernel != K_##k)                                                                                \
+            return ec_fail(EC_ERR_ARG, "internal: a %s pipeline dispatched as %s", ec_kernels[p->kernel].name, #k); \
+        return ec_dispatch(ctx, p, bind, pc, gx, gy, gz);                                                      \
+    }
+DISPATCHER(matmul, matmul) DISPATCHER(matvec, matmul) DISPATCHER(add, add) DISPATCHER(norm, norm)
+DISPATCHER(activation, activation) DISPATCHER(softmax, softmax) DISPATCHER(rope, rope)
+DISPATCHER(attention, attention) DISPATCHER(embedding, embedding) DISPATCHER(copy2d, copy2d)
+DISPATCHER(pool2d, pool2d) DISPATCHER(argmax, argmax) DISPATCHER(patchify, patchify) DISPATCHER(peak_fma, peak_fma)
 
 /* ------------------------------------------------------------------------------------------------
  * Device-dependent shapes of the work: lavapipe runs each workgroup as a loop on a CPU core, so it
@@ -37,14 +64,7 @@ static uint32_t groups_for(ec_context *ctx, uint64_t items, uint32_t per_group)
     return g ? (uint32_t)g : 1;
 }
 
-static uint32_t wtype(const ec_tensor *t) { return t->dtype == EC_F16 ? 1 : t->dtype == EC_BF16 ? 2 : 0; }
-
-static ec_status pipeline(ec_context *ctx, int kernel, uint32_t width, uint32_t wt, uint32_t a, uint32_t b, uint32_t c,
-                          ec_pipeline **out)
-{
-    uint32_t spec[8] = {width, wt, a, b, c, 0, 0, 0};
-    return ec_pipeline_get(ctx, kernel, spec, out);
-}
+static uint32_t wtype(const ec_tensor *t) { return t->dtype == EC_F16 ? EC_W_F16 : t->dtype == EC_BF16 ? EC_W_BF16 : EC_W_F32; }
 
 /* ------------------------------------------------------------------------------------------------
  * Operand checks and bindings */
@@ -126,22 +146,24 @@ ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *b
     EC_TRY(ec_bind_texel(w, &bind[1]));
     EC_TRY(ec_bind_texel(bias ? bias : w, &bind[2]));
     uint32_t per_texel = w->dtype == EC_F32 ? 4 : 8;
-    uint32_t push[8] = {0, (uint32_t)N, (uint32_t)K, 0, 0, bias != NULL, accumulate != 0, K % per_texel == 0};
+    struct ec_matmul_push pc = {.N = (uint32_t)N, .K = (uint32_t)K, .has_bias = bias != NULL,
+                                .accumulate = accumulate != 0, .aligned = K % per_texel == 0};
     ec_pipeline *p;
 
     if (M <= MATVEC_MAX_ROWS && rows_per_binding(ctx, N) >= (uint64_t)M) {
         /* x through its texel view: rows of x start on a texel whenever K is a whole number of texels. */
         const uint32_t rows_per_group = 16;
-        EC_TRY(pipeline(ctx, K_MATVEC, ctx->info.subgroup_size, wtype(w), bias ? wtype(bias) : 0, rows_per_group, (uint32_t)M, &p));
+        EC_TRY(PIPELINE(matvec, &p, .width = ctx->info.subgroup_size, .wtype = wtype(w), .BTYPE = bias ? wtype(bias) : 0,
+                        .ROWS = rows_per_group, .NM = (uint32_t)M));
         EC_TRY(ec_bind_texel(x, &bind[0]));
-        EC_TRY(bind_span(y, 0, (uint64_t)M * N, &bind[3], &push[4]));
-        push[0] = (uint32_t)M;
-        return ec_dispatch(ctx, p, bind, push, (uint32_t)((N + rows_per_group - 1) / rows_per_group), 1, 1);
+        EC_TRY(bind_span(y, 0, (uint64_t)M * N, &bind[3], &pc.y_off));
+        pc.M = (uint32_t)M;
+        return dispatch_matvec(ctx, p, bind, &pc, (uint32_t)((N + rows_per_group - 1) / rows_per_group), 1, 1);
     }
 
     const uint32_t TM = 8, TN = 8;
     uint32_t width = is_cpu(ctx) ? ctx->info.subgroup_size : 64;
-    EC_TRY(pipeline(ctx, K_MATMUL, width, wtype(w), bias ? wtype(bias) : 0, TM, TN, &p));
+    EC_TRY(PIPELINE(matmul, &p, .width = width, .wtype = wtype(w), .BTYPE = bias ? wtype(bias) : 0, .TM = TM, .TN = TN));
     /* Rows of x and y beyond one storage binding go in chunks (e.g. the logits of a long prompt). */
     uint64_t chunk = rows_per_binding(ctx, K > N ? K : N);
     if (chunk == 0) return ec_fail(EC_ERR_ARG, "matmul: one row is larger than a storage binding");
@@ -149,11 +171,11 @@ ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *b
     if (chunk == 0) chunk = 1;
     for (int64_t r0 = 0; r0 < M; r0 += chunk) {
         int64_t rows = M - r0 < (int64_t)chunk ? M - r0 : (int64_t)chunk;
-        EC_TRY(bind_span(x, (uint64_t)r0 * K, (uint64_t)rows * K, &bind[0], &push[3]));
-        EC_TRY(bind_span(y, (uint64_t)r0 * N, (uint64_t)rows * N, &bind[3], &push[4]));
-        push[0] = (uint32_t)rows;
+        EC_TRY(bind_span(x, (uint64_t)r0 * K, (uint64_t)rows * K, &bind[0], &pc.x_off));
+        EC_TRY(bind_span(y, (uint64_t)r0 * N, (uint64_t)rows * N, &bind[3], &pc.y_off));
+        pc.M = (uint32_t)rows;
         uint32_t gx = (uint32_t)((N + width * TN - 1) / (width * TN)), gy = (uint32_t)((rows + TM - 1) / TM);
-        EC_TRY(ec_dispatch(ctx, p, bind, push, gx, gy, 1));
+        EC_TRY(dispatch_matmul(ctx, p, bind, &pc, gx, gy, 1));
     }
     return EC_OK;
 }
@@ -170,20 +192,17 @@ ec_status ec_op_add(ec_context *ctx, ec_tensor *a, ec_tensor *b, float alpha, ec
     if (nb == 0 || n % nb) return ec_fail(EC_ERR_ARG, "add: b has %llu elements, which does not divide a's %llu", (unsigned long long)nb, (unsigned long long)n);
     ec_pipeline *p;
     uint32_t width = pointwise_width(ctx);
-    EC_TRY(pipeline(ctx, K_ADD, width, 0, 0, 0, 0, &p));
+    EC_TRY(PIPELINE(add, &p, .width = width));
     uint64_t chunk = rows_per_binding(ctx, 1);
     for (uint64_t i0 = 0; i0 < n; i0 += chunk) {
         uint64_t cnt = n - i0 < chunk ? n - i0 : chunk;
         ec_binding bind[3];
-        uint32_t push[7];
-        float fa = alpha;
-        EC_TRY(bind_span(a, i0, cnt, &bind[0], &push[3]));
-        EC_TRY(bind_span(out, i0, cnt, &bind[2], &push[5]));
-        if (nb == n) { EC_TRY(bind_span(b, i0, cnt, &bind[1], &push[4])); push[1] = (uint32_t)cnt; push[6] = 0; }
-        else { EC_TRY(bind_span(b, 0, nb, &bind[1], &push[4])); push[1] = (uint32_t)nb; push[6] = (uint32_t)(i0 % nb); }
-        push[0] = (uint32_t)cnt;
-        memcpy(&push[2], &fa, 4);
-        EC_TRY(ec_dispatch(ctx, p, bind, push, groups_for(ctx, cnt, width), 1, 1));
+        struct ec_add_push pc = {.n = (uint32_t)cnt, .alpha = alpha};
+        EC_TRY(bind_span(a, i0, cnt, &bind[0], &pc.a_off));
+        EC_TRY(bind_span(out, i0, cnt, &bind[2], &pc.o_off));
+        if (nb == n) { EC_TRY(bind_span(b, i0, cnt, &bind[1], &pc.b_off)); pc.nb = (uint32_t)cnt; pc.b_start = 0; }
+        else { EC_TRY(bind_span(b, 0, nb, &bind[1], &pc.b_off)); pc.nb = (uint32_t)nb; pc.b_start = (uint32_t)(i0 % nb); }
+        EC_TRY(dispatch_add(ctx, p, bind, &pc, groups_for(ctx, cnt, width), 1, 1));
     }
     return EC_OK;
 }
@@ -200,7 +219,7 @@ static ec_status norm(ec_context *ctx, uint32_t mode, ec_tensor *x, ec_tensor *w
     if (w->dtype != (bias ? bias : w)->dtype) return ec_fail(EC_ERR_ARG, "%s: weight and bias dtypes differ", name);
     ec_pipeline *p;
     uint32_t width = reduce_width(ctx);
-    EC_TRY(pipeline(ctx, K_NORM, width, wtype(w), mode, 0, 0, &p));
+    EC_TRY(PIPELINE(norm, &p, .width = width, .wtype = wtype(w), .MODE = mode));
     ec_binding bind[4];
     EC_TRY(ec_bind_texel(w, &bind[1]));
     EC_TRY(ec_bind_texel(bias ? bias : w, &bind[2]));
@@ -208,11 +227,10 @@ static ec_status norm(ec_context *ctx, uint32_t mode, ec_tensor *x, ec_tensor *w
     if (!chunk) return ec_fail(EC_ERR_ARG, "%s: one row is larger than a storage binding", name);
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
-        uint32_t push[6] = {(uint32_t)n, (uint32_t)cols, 0, 0, 0, bias != NULL};
-        memcpy(&push[2], &eps, 4);
-        EC_TRY(bind_span(x, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[0], &push[3]));
-        EC_TRY(bind_span(y, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[3], &push[4]));
-        EC_TRY(ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)n, 1), 1, 1));
+        struct ec_norm_push pc = {.rows = (uint32_t)n, .cols = (uint32_t)cols, .eps = eps, .has_bias = bias != NULL};
+        EC_TRY(bind_span(x, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[0], &pc.x_off));
+        EC_TRY(bind_span(y, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[3], &pc.y_off));
+        EC_TRY(dispatch_norm(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)n, 1), 1, 1));
     }
     return EC_OK;
 }
@@ -232,18 +250,19 @@ static ec_status pointwise_rows(ec_context *ctx, uint32_t mode, ec_cols in0, ec_
 {
     ec_pipeline *p;
     uint32_t width = pointwise_width(ctx);
-    EC_TRY(pipeline(ctx, K_ACTIVATION, width, 0, mode, 0, 0, &p));
+    EC_TRY(PIPELINE(activation, &p, .width = width, .MODE = mode));
     uint64_t widest = in0.stride > in1.stride ? in0.stride : in1.stride;
     uint64_t chunk = rows_per_binding(ctx, widest > (uint64_t)cols ? widest : (uint64_t)cols);
     if (!chunk) return ec_fail(EC_ERR_ARG, "activation: one row is larger than a storage binding");
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
         ec_binding bind[3];
-        uint32_t push[7] = {(uint32_t)n, (uint32_t)cols, 0, (uint32_t)in0.stride, 0, (uint32_t)in1.stride, 0};
-        EC_TRY(bind_span(in0.t, in0.off + (uint64_t)r0 * in0.stride, (uint64_t)(n - 1) * in0.stride + cols, &bind[0], &push[2]));
-        EC_TRY(bind_span(in1.t, in1.off + (uint64_t)r0 * in1.stride, (uint64_t)(n - 1) * in1.stride + cols, &bind[1], &push[4]));
-        EC_TRY(bind_span(out, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[2], &push[6]));
-        EC_TRY(ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)n * cols, width), 1, 1));
+        struct ec_activation_push pc = {.rows = (uint32_t)n, .cols = (uint32_t)cols, .in0_stride = (uint32_t)in0.stride,
+                                        .in1_stride = (uint32_t)in1.stride};
+        EC_TRY(bind_span(in0.t, in0.off + (uint64_t)r0 * in0.stride, (uint64_t)(n - 1) * in0.stride + cols, &bind[0], &pc.in0_off));
+        EC_TRY(bind_span(in1.t, in1.off + (uint64_t)r0 * in1.stride, (uint64_t)(n - 1) * in1.stride + cols, &bind[1], &pc.in1_off));
+        EC_TRY(bind_span(out, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[2], &pc.o_off));
+        EC_TRY(dispatch_activation(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)n * cols, width), 1, 1));
     }
     return EC_OK;
 }
@@ -286,17 +305,16 @@ ec_status ec_op_softmax(ec_context *ctx, ec_tensor *x, float scale, ec_tensor *y
     if (rows == 0 || cols == 0) return EC_OK;
     ec_pipeline *p;
     uint32_t width = reduce_width(ctx);
-    EC_TRY(pipeline(ctx, K_SOFTMAX, width, 0, 0, 0, 0, &p));
+    EC_TRY(PIPELINE(softmax, &p, .width = width));
     uint64_t chunk = rows_per_binding(ctx, cols);
     if (!chunk) return ec_fail(EC_ERR_ARG, "softmax: one row is larger than a storage binding");
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
         ec_binding bind[2];
-        uint32_t push[5] = {(uint32_t)n, (uint32_t)cols, 0, 0, 0};
-        memcpy(&push[2], &scale, 4);
-        EC_TRY(bind_span(x, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[0], &push[3]));
-        EC_TRY(bind_span(y, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[1], &push[4]));
-        EC_TRY(ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)n, 1), 1, 1));
+        struct ec_softmax_push pc = {.rows = (uint32_t)n, .cols = (uint32_t)cols, .scale = scale};
+        EC_TRY(bind_span(x, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[0], &pc.x_off));
+        EC_TRY(bind_span(y, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[1], &pc.y_off));
+        EC_TRY(dispatch_softmax(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)n, 1), 1, 1));
     }
     return EC_OK;
 }
@@ -312,12 +330,13 @@ ec_status ec_op_rope(ec_context *ctx, ec_cols x, int64_t tokens, int n_heads, in
     if (tokens == 0) return EC_OK;
     ec_pipeline *p;
     uint32_t width = pointwise_width(ctx);
-    EC_TRY(pipeline(ctx, K_ROPE, width, 0, 0, 0, 0, &p));
+    EC_TRY(PIPELINE(rope, &p, .width = width));
     ec_binding bind[2];
-    uint32_t push[6] = {(uint32_t)tokens, (uint32_t)n_heads, (uint32_t)head_dim, (uint32_t)rot_dim, 0, (uint32_t)x.stride};
-    EC_TRY(bind_span(x.t, x.off, (uint64_t)(tokens - 1) * x.stride + (uint64_t)n_heads * head_dim, &bind[0], &push[4]));
+    struct ec_rope_push pc = {.tokens = (uint32_t)tokens, .n_heads = (uint32_t)n_heads, .head_dim = (uint32_t)head_dim,
+                              .rot_dim = (uint32_t)rot_dim, .row_stride = (uint32_t)x.stride};
+    EC_TRY(bind_span(x.t, x.off, (uint64_t)(tokens - 1) * x.stride + (uint64_t)n_heads * head_dim, &bind[0], &pc.x_off));
     EC_TRY(bind_span(cos_sin, 0, (uint64_t)tokens * rot_dim, &bind[1], NULL));
-    return ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)tokens * n_heads * (rot_dim / 2), width), 1, 1);
+    return dispatch_rope(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)tokens * n_heads * (rot_dim / 2), width), 1, 1);
 }
 
 ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
@@ -335,20 +354,20 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
         return ec_fail(EC_ERR_ARG, "attention: lengths must be an int32 tensor of %lld values", (long long)B);
     ec_pipeline *p;
     uint32_t width = ctx->info.subgroup_size;
-    EC_TRY(pipeline(ctx, K_ATTENTION, width, 0, (uint32_t)D, 0, 0, &p));
+    EC_TRY(PIPELINE(attention, &p, .width = width, .D = (uint32_t)D));
     ec_binding bind[5];
-    uint32_t push[15] = {(uint32_t)T, (uint32_t)H, (uint32_t)Hkv, a->causal != 0,
-                         0, (uint32_t)a->q.stride, (uint32_t)(T * a->q.stride),
-                         (uint32_t)a->k.off, (uint32_t)a->v.off, (uint32_t)a->k.stride, (uint32_t)(S * a->k.stride),
-                         0, (uint32_t)a->out.stride, (uint32_t)(T * a->out.stride), 0};
+    struct ec_attention_push pc = {
+        .T = (uint32_t)T, .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .causal = a->causal != 0,
+        .q_row = (uint32_t)a->q.stride, .q_seq = (uint32_t)(T * a->q.stride),
+        .k_off = (uint32_t)a->k.off, .v_off = (uint32_t)a->v.off, .kv_row = (uint32_t)a->k.stride, .kv_seq = (uint32_t)(S * a->k.stride),
+        .o_row = (uint32_t)a->out.stride, .o_seq = (uint32_t)(T * a->out.stride), .scale = a->scale};
     if (a->k.stride != a->v.stride) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same row stride");
-    memcpy(&push[14], &a->scale, 4);
-    EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B * T - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &push[4]));
+    EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B * T - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
     EC_TRY(ec_bind_texel(a->k.t, &bind[1]));
     EC_TRY(ec_bind_texel(a->v.t, &bind[2]));
     EC_TRY(bind_span(a->lengths, 0, (uint64_t)B, &bind[3], NULL));
-    EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B * T - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &push[11]));
-    return ec_dispatch(ctx, p, bind, push, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)B);
+    EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B * T - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));
+    return dispatch_attention(ctx, p, bind, &pc, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)B);
 }
 
 ec_status ec_op_embedding(ec_context *ctx, ec_tensor *ids, ec_tensor *table, ec_tensor *out)
@@ -361,13 +380,13 @@ ec_status ec_op_embedding(ec_context *ctx, ec_tensor *ids, ec_tensor *table, ec_
     if (T == 0) return EC_OK;
     ec_pipeline *p;
     uint32_t width = pointwise_width(ctx);
-    EC_TRY(pipeline(ctx, K_EMBEDDING, width, wtype(table), 0, 0, 0, &p));
+    EC_TRY(PIPELINE(embedding, &p, .width = width, .wtype = wtype(table)));
     ec_binding bind[3];
-    uint32_t push[4] = {(uint32_t)T, (uint32_t)D, (uint32_t)V, 0};
+    struct ec_embedding_push pc = {.n_ids = (uint32_t)T, .dim = (uint32_t)D, .vocab = (uint32_t)V};
     EC_TRY(bind_span(ids, 0, (uint64_t)T, &bind[0], NULL));
     EC_TRY(ec_bind_texel(table, &bind[1]));
-    EC_TRY(bind_span(out, 0, (uint64_t)T * D, &bind[2], &push[3]));
-    return ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)T * D, width), 1, 1);
+    EC_TRY(bind_span(out, 0, (uint64_t)T * D, &bind[2], &pc.o_off));
+    return dispatch_embedding(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)T * D, width), 1, 1);
 }
 
 ec_status ec_op_copy(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols)
@@ -377,17 +396,18 @@ ec_status ec_op_copy(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, in
     if (rows == 0 || cols == 0) return EC_OK;
     ec_pipeline *p;
     uint32_t width = pointwise_width(ctx);
-    EC_TRY(pipeline(ctx, K_COPY2D, width, 0, 0, 0, 0, &p));
+    EC_TRY(PIPELINE(copy2d, &p, .width = width));
     uint64_t widest = src.stride > dst.stride ? src.stride : dst.stride;
     uint64_t chunk = rows_per_binding(ctx, widest);
     if (!chunk) return ec_fail(EC_ERR_ARG, "copy: one row is larger than a storage binding");
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
         ec_binding bind[2];
-        uint32_t push[6] = {(uint32_t)n, (uint32_t)cols, 0, (uint32_t)src.stride, 0, (uint32_t)dst.stride};
-        EC_TRY(bind_span(src.t, src.off + (uint64_t)r0 * src.stride, (uint64_t)(n - 1) * src.stride + cols, &bind[0], &push[2]));
-        EC_TRY(bind_span(dst.t, dst.off + (uint64_t)r0 * dst.stride, (uint64_t)(n - 1) * dst.stride + cols, &bind[1], &push[4]));
-        EC_TRY(ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)n * cols, width), 1, 1));
+        struct ec_copy2d_push pc = {.rows = (uint32_t)n, .cols = (uint32_t)cols, .src_stride = (uint32_t)src.stride,
+                                    .dst_stride = (uint32_t)dst.stride};
+        EC_TRY(bind_span(src.t, src.off + (uint64_t)r0 * src.stride, (uint64_t)(n - 1) * src.stride + cols, &bind[0], &pc.src_off));
+        EC_TRY(bind_span(dst.t, dst.off + (uint64_t)r0 * dst.stride, (uint64_t)(n - 1) * dst.stride + cols, &bind[1], &pc.dst_off));
+        EC_TRY(dispatch_copy2d(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)n * cols, width), 1, 1));
     }
     return EC_OK;
 }
@@ -422,12 +442,13 @@ ec_status ec_op_pool2d(ec_context *ctx, ec_tensor *x, int64_t batch, int h, int 
     if (batch == 0 || C == 0) return EC_OK;
     ec_pipeline *p;
     uint32_t width = pointwise_width(ctx);
-    EC_TRY(pipeline(ctx, K_POOL2D, width, 0, 0, 0, 0, &p));
+    EC_TRY(PIPELINE(pool2d, &p, .width = width));
     ec_binding bind[2];
     EC_TRY(ec_bind_storage(x, &bind[0]));
     EC_TRY(ec_bind_storage(y, &bind[1]));
-    uint32_t push[6] = {(uint32_t)batch, (uint32_t)h, (uint32_t)w, (uint32_t)C, (uint32_t)oh, (uint32_t)ow};
-    return ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)ec_numel(y), width), 1, 1);
+    struct ec_pool2d_push pc = {.B = (uint32_t)batch, .H = (uint32_t)h, .W = (uint32_t)w, .C = (uint32_t)C,
+                                .OH = (uint32_t)oh, .OW = (uint32_t)ow};
+    return dispatch_pool2d(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)ec_numel(y), width), 1, 1);
 }
 
 ec_status ec_op_argmax(ec_context *ctx, ec_tensor *x, ec_tensor *out)
@@ -440,12 +461,12 @@ ec_status ec_op_argmax(ec_context *ctx, ec_tensor *x, ec_tensor *out)
     if (cols == 0) return ec_fail(EC_ERR_ARG, "argmax of an empty row");
     ec_pipeline *p;
     uint32_t width = reduce_width(ctx);
-    EC_TRY(pipeline(ctx, K_ARGMAX, width, 0, 0, 0, 0, &p));
+    EC_TRY(PIPELINE(argmax, &p, .width = width));
     ec_binding bind[2];
-    uint32_t push[3] = {(uint32_t)rows, (uint32_t)cols, 0};
-    EC_TRY(bind_span(x, 0, (uint64_t)rows * cols, &bind[0], &push[2]));
+    struct ec_argmax_push pc = {.rows = (uint32_t)rows, .cols = (uint32_t)cols};
+    EC_TRY(bind_span(x, 0, (uint64_t)rows * cols, &bind[0], &pc.x_off));
     EC_TRY(ec_bind_storage(out, &bind[1]));
-    return ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)rows, 1), 1, 1);
+    return dispatch_argmax(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)rows, 1), 1, 1);
 }
 
 ec_status ec_op_patchify(ec_context *ctx, ec_tensor *pixels, int patch, ec_tensor *out)
@@ -462,12 +483,12 @@ ec_status ec_op_patchify(ec_context *ctx, ec_tensor *pixels, int patch, ec_tenso
     if (B == 0) return EC_OK;
     ec_pipeline *p;
     uint32_t width = pointwise_width(ctx);
-    EC_TRY(pipeline(ctx, K_PATCHIFY, width, 0, 0, 0, 0, &p));
+    EC_TRY(PIPELINE(patchify, &p, .width = width));
     ec_binding bind[2];
     EC_TRY(ec_bind_storage(pixels, &bind[0]));
     EC_TRY(ec_bind_storage(out, &bind[1]));
-    uint32_t push[5] = {(uint32_t)B, (uint32_t)C, (uint32_t)S, (uint32_t)patch, (uint32_t)G};
-    return ec_dispatch(ctx, p, bind, push, groups_for(ctx, (uint64_t)ec_numel(out), width), 1, 1);
+    struct ec_patchify_push pc = {.B = (uint32_t)B, .C = (uint32_t)C, .S = (uint32_t)S, .P = (uint32_t)patch, .G = (uint32_t)G};
+    return dispatch_patchify(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)ec_numel(out), width), 1, 1);
 }
 
 ec_status ec_op_zero(ec_context *ctx, ec_tensor *t)
@@ -487,11 +508,9 @@ ec_status ec_op_peak_fma(ec_context *ctx, ec_tensor *out, uint32_t iterations)
     uint64_t n = (uint64_t)ec_numel(out) / width * width;
     if (n == 0) return ec_fail(EC_ERR_ARG, "peak_fma: the output needs at least %u values", width);
     ec_pipeline *p;
-    EC_TRY(pipeline(ctx, K_PEAK_FMA, width, 0, 0, 0, 0, &p));
+    EC_TRY(PIPELINE(peak_fma, &p, .width = width));
     ec_binding bind[1];
     EC_TRY(bind_span(out, 0, n, &bind[0], NULL));
-    float seed = 0.5f;
-    uint32_t push[2] = {iterations, 0};
-    memcpy(&push[1], &seed, 4);
-    return ec_dispatch(ctx, p, bind, push, (uint32_t)(n / width), 1, 1);
+    struct ec_peak_fma_push pc = {.iterations = iterations, .seed = 0.5f};
+    return dispatch_peak_fma(ctx, p, bind, &pc, (uint32_t)(n / width), 1, 1);
 }

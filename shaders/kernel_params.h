@@ -1,0 +1,152 @@
+/* The contract between the C core (csrc/ops/ops.c) and the compute shaders: each kernel's push
+ * constants and specialization constants, declared once here and included by both sides, so that a
+ * field or constant that one side lacks, or names differently, is a compile error.
+ *
+ * Push constants: one struct per kernel, ec_<kernel>_push. A shader holds it in its push-constant
+ * block (layout(push_constant) uniform Push { ec_<kernel>_push p; };) and reads p.field; the C code
+ * fills the same struct and passes it to the dispatch. Only 32-bit scalars (EC_UINT, float): their
+ * std430 offsets in the shader are the C struct's offsets, 4 bytes apart, with no padding on either side.
+ *
+ * Specialization constants: 0 is the workgroup width and 1 the weight dtype of the kernel's texel
+ * operand (both declared in common.glsl); a kernel's own constants, ids 2..7, are listed once in
+ * EC_<KERNEL>_SPEC(X) as X(id, NAME, default). A shader declares them with
+ * EC_<KERNEL>_SPEC(EC_SPEC_DECLARE); the C code gets struct ec_<kernel>_spec {width, wtype, NAME...}
+ * and ec_<kernel>_spec_words(), which puts every field at its id. */
+#ifndef EC_KERNEL_PARAMS_H
+#define EC_KERNEL_PARAMS_H
+
+#ifdef VULKAN /* GLSL for Vulkan (glslangValidator -V defines VULKAN) */
+#define EC_UINT uint
+#define EC_SPEC_DECLARE(id, name, default_value) layout(constant_id = id) const uint name = default_value;
+#else
+#include <stdint.h>
+#define EC_UINT uint32_t
+#endif
+
+/* Weight dtypes (specialization constant 1, and BTYPE where a kernel has a second texel operand). */
+#define EC_W_F32 0
+#define EC_W_F16 1
+#define EC_W_BF16 2
+
+/* ---- matmul (GEMM) and matvec (decode): y[M,N] = x[M,K] W[N,K]^T (+ bias) (+ y) ---- */
+struct ec_matmul_push {
+    EC_UINT M, N, K;
+    EC_UINT x_off, y_off;  /* element offsets of the bound ranges (row chunks of huge tensors) */
+    EC_UINT has_bias, accumulate, aligned;  /* aligned: K is a whole number of texels */
+};
+#define EC_MATMUL_SPEC(X) X(2, BTYPE, 0) X(3, TM, 4) X(4, TN, 4)  /* bias dtype; rows x columns per invocation */
+#define EC_MATVEC_SPEC(X) X(2, BTYPE, 0) X(3, ROWS, 16) X(4, NM, 1)  /* bias dtype; W rows per workgroup; x vectors (M, at most 8) */
+
+/* ---- add: o[i] = a[i] + alpha * b[(b_start + i) % nb] ---- */
+struct ec_add_push {
+    EC_UINT n, nb;
+    float alpha;
+    EC_UINT a_off, b_off, o_off, b_start;
+};
+#define EC_ADD_SPEC(X)
+
+/* ---- norm: LayerNorm (MODE 0) or RMSNorm (MODE 1) per row ---- */
+struct ec_norm_push {
+    EC_UINT rows, cols;
+    float eps;
+    EC_UINT x_off, y_off, has_bias;
+};
+#define EC_NORM_SPEC(X) X(2, MODE, 0)
+
+/* ---- activation: MODE 0 gelu-tanh, 1 gelu-erf, 2 silu, 3 silu(in0) * in1 ---- */
+struct ec_activation_push {
+    EC_UINT rows, cols, in0_off, in0_stride, in1_off, in1_stride, o_off;
+};
+#define EC_ACTIVATION_SPEC(X) X(2, MODE, 0)
+
+/* ---- softmax(scale * x) per row ---- */
+struct ec_softmax_push {
+    EC_UINT rows, cols;
+    float scale;
+    EC_UINT x_off, y_off;
+};
+#define EC_SOFTMAX_SPEC(X)
+
+/* ---- rope: rotate-half rotary embedding in place ---- */
+struct ec_rope_push {
+    EC_UINT tokens, n_heads, head_dim, rot_dim, x_off, row_stride;
+};
+#define EC_ROPE_SPEC(X)
+
+/* ---- attention: online-softmax SDPA with grouped-query heads ---- */
+struct ec_attention_push {
+    EC_UINT T, Hq, Hkv, causal;
+    EC_UINT q_off, q_row, q_seq;          /* q element (b,t,h,d) = q_off + b*q_seq + t*q_row + h*D + d */
+    EC_UINT k_off, v_off, kv_row, kv_seq; /* k/v element (b,s,h,d) = k_off + b*kv_seq + s*kv_row + h*D + d */
+    EC_UINT o_off, o_row, o_seq;
+    float scale;
+};
+#define EC_ATTENTION_SPEC(X) X(2, D, 64)  /* head dimension (any up to 256: 72 for SigLIP, 128 for Qwen2) */
+
+/* ---- embedding: o[t, :] = table[ids[t], :] ---- */
+struct ec_embedding_push {
+    EC_UINT n_ids, dim, vocab, o_off;
+};
+#define EC_EMBEDDING_SPEC(X)
+
+/* ---- copy2d: a rows x cols block between strided regions ---- */
+struct ec_copy2d_push {
+    EC_UINT rows, cols, src_off, src_stride, dst_off, dst_stride;
+};
+#define EC_COPY2D_SPEC(X)
+
+/* ---- pool2d: adaptive average pooling of [B, H*W, C] token grids to [B, OH*OW, C] ---- */
+struct ec_pool2d_push {
+    EC_UINT B, H, W, C, OH, OW;
+};
+#define EC_POOL2D_SPEC(X)
+
+/* ---- argmax per row ---- */
+struct ec_argmax_push {
+    EC_UINT rows, cols, x_off;
+};
+#define EC_ARGMAX_SPEC(X)
+
+/* ---- patchify: im2col of [B, C, S, S] pixels into [B*G*G, C*P*P] rows ---- */
+struct ec_patchify_push {
+    EC_UINT B, C, S, P, G;
+};
+#define EC_PATCHIFY_SPEC(X)
+
+/* ---- peak_fma: the FMA-throughput probe ---- */
+struct ec_peak_fma_push {
+    EC_UINT iterations;
+    float seed;
+};
+#define EC_PEAK_FMA_SPEC(X)
+
+#ifndef VULKAN
+/* The C side of the specialization constants: struct ec_<kernel>_spec and its words by id. */
+typedef struct { uint32_t w[8]; } ec_spec_words;
+#define EC_SPEC_FIELD_(id, name, default_value) uint32_t name;
+#define EC_SPEC_STORE_(id, name, default_value) out.w[id] = s.name;
+#define EC_SPEC_STRUCT(kernel, LIST)                                                   \
+    struct ec_##kernel##_spec { uint32_t width, wtype; LIST(EC_SPEC_FIELD_) };         \
+    static inline ec_spec_words ec_##kernel##_spec_words(struct ec_##kernel##_spec s)  \
+    {                                                                                  \
+        ec_spec_words out = {{s.width, s.wtype, 0, 0, 0, 0, 0, 0}};                    \
+        LIST(EC_SPEC_STORE_)                                                           \
+        return out;                                                                    \
+    }
+EC_SPEC_STRUCT(matmul, EC_MATMUL_SPEC)
+EC_SPEC_STRUCT(matvec, EC_MATVEC_SPEC)
+EC_SPEC_STRUCT(add, EC_ADD_SPEC)
+EC_SPEC_STRUCT(norm, EC_NORM_SPEC)
+EC_SPEC_STRUCT(activation, EC_ACTIVATION_SPEC)
+EC_SPEC_STRUCT(softmax, EC_SOFTMAX_SPEC)
+EC_SPEC_STRUCT(rope, EC_ROPE_SPEC)
+EC_SPEC_STRUCT(attention, EC_ATTENTION_SPEC)
+EC_SPEC_STRUCT(embedding, EC_EMBEDDING_SPEC)
+EC_SPEC_STRUCT(copy2d, EC_COPY2D_SPEC)
+EC_SPEC_STRUCT(pool2d, EC_POOL2D_SPEC)
+EC_SPEC_STRUCT(argmax, EC_ARGMAX_SPEC)
+EC_SPEC_STRUCT(patchify, EC_PATCHIFY_SPEC)
+EC_SPEC_STRUCT(peak_fma, EC_PEAK_FMA_SPEC)
+#endif
+
+#endif
