@@ -207,9 +207,26 @@ class EyecareGPT:
         answer, or with stream=True an iterator of text pieces. temperature None or 0 is greedy."""
         images = list(images)
         embeds = self.prepare(question, images, history, system)
-        vision_ms = self.timings.get("vision_ms", 0.0) if images else 0.0
         options = dict(max_new_tokens=max_new_tokens, stop=stop, seed=seed, top_k=top_k, top_p=top_p,
                        repetition_penalty=repetition_penalty, **_sampling(temperature))
+        return self._answer(embeds, bool(images), options, stream)
+
+    def chat_messages(self, messages: list, images: Iterable = (), *, max_new_tokens: int = 512,
+                      temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                      repetition_penalty: float | None = None, seed: int | None = None, stop=None,
+                      stream: bool = False):
+        """Like chat(), for a whole conversation: `messages` are {"role", "content"} dicts whose text holds
+        one image placeholder per image, `images` those images in order (eyecare.chat_messages.split_messages
+        makes both from OpenAI-style messages). Returns the answer, or with stream=True an iterator of pieces."""
+        images = list(images)
+        prompt = self.language.apply_chat_template(list(messages), add_generation_prompt=True)
+        embeds = self.embed_prompt(prompt, self.encode_images(images) if images else [])
+        options = dict(max_new_tokens=max_new_tokens, stop=stop, seed=seed, top_k=top_k, top_p=top_p,
+                       repetition_penalty=repetition_penalty, **_sampling(temperature))
+        return self._answer(embeds, bool(images), options, stream)
+
+    def _answer(self, embeds, has_images: bool, options: dict, stream: bool):
+        vision_ms = self.timings.get("vision_ms", 0.0) if has_images else 0.0
         if stream:
             pieces = self.language.stream(inputs_embeds=embeds, **options)
             return self._streamed(pieces, vision_ms)

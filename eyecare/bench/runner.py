@@ -14,15 +14,14 @@ latency is always measured here.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..jsonl import AppendLog, read_rows
 from .data import Record
 from .errors import OutputError
 
@@ -39,43 +38,7 @@ class RunResult:
 def read_predictions(path, repair: bool = False) -> list:
     """Read a predictions file. A last line without its newline is a write cut short by a kill:
     it is ignored, and with `repair` removed from the file so appending can continue cleanly."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise OutputError(f"cannot read predictions {path}: {exc}") from None
-    complete = data[: data.rfind(b"\n") + 1]
-    if repair and len(complete) != len(data):
-        try:
-            with open(path, "r+b") as f:
-                f.truncate(len(complete))
-        except OSError as exc:
-            raise OutputError(f"cannot repair the cut-off last line of {path}: {exc}") from None
-    rows = []
-    for lineno, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise OutputError(f"{path}:{lineno}: not a prediction line ({exc.msg}); is this a predictions file?") from None
-        if not isinstance(row, dict) or "id" not in row:
-            raise OutputError(f"{path}:{lineno}: not a prediction line (no 'id'); is this a predictions file?")
-        rows.append(row)
-    return rows
-
-
-def _open_for_append(path: Path, overwrite: bool):
-    """Create the output folder and open the predictions file, or fail with the reason before any work."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if overwrite and path.exists():
-            path.unlink()
-        return open(path, "a", encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"cannot write predictions to {path}: {exc.strerror or exc}") from None
+    return read_rows(path, repair=repair, what="prediction", error=OutputError)
 
 
 def _check_resumable(rows: list, records: Sequence[Record], model_name: Optional[str], path: Path) -> None:
@@ -167,7 +130,7 @@ def run(records: Sequence[Record], model, predictions_path, *, model_name: Optio
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     path = Path(predictions_path)
-    out = _open_for_append(path, overwrite)
+    out = AppendLog(path, overwrite=overwrite, what="prediction", error=OutputError)
     try:
         rows = read_predictions(path, repair=True)
         _check_resumable(rows, records, model_name, path)
@@ -186,16 +149,11 @@ def run(records: Sequence[Record], model, predictions_path, *, model_name: Optio
                 batch = pending[start:start + step]
                 results = _ask_batch(model, batch) if step > 1 else [_ask_one(model, batch[0])]
                 for record, (text, error, ms, timings) in zip(batch, results):
-                    out.write(json.dumps(_row(record, model_name, text, error, ms, timings, len(batch)),
-                                         ensure_ascii=False) + "\n")
-                    out.flush()
+                    out.append(_row(record, model_name, text, error, ms, timings, len(batch)))
                     errors += error is not None
                 bar.update(len(batch))
                 if errors:
                     bar.set_postfix(errors=errors)
-            os.fsync(out.fileno())
-    except OSError as exc:
-        raise OutputError(f"cannot write predictions to {path}: {exc.strerror or exc}") from None
     finally:
         out.close()
     return RunResult(path=path, total=len(records), resumed=resumed, completed=len(pending), errors=errors)
