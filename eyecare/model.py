@@ -201,20 +201,22 @@ class EyecareGPT:
     def chat(self, question: str, images: Iterable = (), history=None, system: str | None = None, *,
              max_new_tokens: int = 512, temperature: float | None = None, top_p: float | None = None,
              top_k: int | None = None, repetition_penalty: float | None = None, seed: int | None = None,
-             stop=None, stream: bool = False):
+             stop=None, stream: bool = False, json_schema=None, regex=None, grammar=None):
         """Answers a question about any number of images (paths, bytes, NumPy arrays or PIL images).
         history: earlier turns, as (question, answer) pairs or {"role", "content"} messages. Returns the
-        answer, or with stream=True an iterator of text pieces. temperature None or 0 is greedy."""
+        answer, or with stream=True an iterator of text pieces. temperature None or 0 is greedy.
+        json_schema / regex / grammar: structured output (see LanguageModel.generate)."""
         images = list(images)
         embeds = self.prepare(question, images, history, system)
         options = dict(max_new_tokens=max_new_tokens, stop=stop, seed=seed, top_k=top_k, top_p=top_p,
-                       repetition_penalty=repetition_penalty, **_sampling(temperature))
+                       repetition_penalty=repetition_penalty, json_schema=json_schema, regex=regex, grammar=grammar,
+                       **_sampling(temperature))
         return self._answer(embeds, bool(images), options, stream)
 
     def chat_messages(self, messages: list, images: Iterable = (), *, max_new_tokens: int = 512,
                       temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                       repetition_penalty: float | None = None, seed: int | None = None, stop=None,
-                      stream: bool = False):
+                      stream: bool = False, json_schema=None, regex=None, grammar=None):
         """Like chat(), for a whole conversation: `messages` are {"role", "content"} dicts whose text holds
         one image placeholder per image, `images` those images in order (eyecare.chat_messages.split_messages
         makes both from OpenAI-style messages). Returns the answer, or with stream=True an iterator of pieces."""
@@ -222,7 +224,8 @@ class EyecareGPT:
         prompt = self.language.apply_chat_template(list(messages), add_generation_prompt=True)
         embeds = self.embed_prompt(prompt, self.encode_images(images) if images else [])
         options = dict(max_new_tokens=max_new_tokens, stop=stop, seed=seed, top_k=top_k, top_p=top_p,
-                       repetition_penalty=repetition_penalty, **_sampling(temperature))
+                       repetition_penalty=repetition_penalty, json_schema=json_schema, regex=regex, grammar=grammar,
+                       **_sampling(temperature))
         return self._answer(embeds, bool(images), options, stream)
 
     def _answer(self, embeds, has_images: bool, options: dict, stream: bool):
