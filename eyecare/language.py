@@ -193,6 +193,10 @@ class TextStream:
             if piece:
                 return piece
 
+    def close(self) -> None:
+        """Stops the generation now (the model is free for the next caller); iterating ends."""
+        self._events.close()
+
 
 class _Sequence:
     """One prompt's state during generation."""

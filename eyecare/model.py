@@ -238,10 +238,13 @@ class EyecareGPT:
         return out.text
 
     def _streamed(self, pieces, vision_ms):
-        for piece in pieces:
-            yield piece
-        if getattr(pieces, "output", None) is not None:
-            self._record(pieces.output, vision_ms)
+        try:
+            for piece in pieces:
+                yield piece
+            if getattr(pieces, "output", None) is not None:
+                self._record(pieces.output, vision_ms)
+        finally:
+            pieces.close()  # closing this iterator early stops the generation and frees the model at once
 
     def generate(self, requests: list, **options) -> list[str]:
         """Answers several independent requests, decoded together on the device (max_batch at a time).
