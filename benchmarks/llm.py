@@ -13,10 +13,10 @@ Prefill is bound by arithmetic: it is printed in GFLOP/s (2 x weights x tokens, 
 
 Structured output (eyecare.structured) adds host work per token: the grammar's token mask, applied to
 the logits, and the grammar's step. It is timed on a Phi-3.5-mini-sized vocabulary (a byte-level BPE
-of 32,000 tokens trained here on Python's standard library, padded to the model's 32,064 rows) with a
-judge-style JSON schema, and printed as a fraction of the decode step measured in the same run.
+trained here on Python's standard library, as benchmarks/structured_libs.py does, padded to the model's
+32,064 rows) with a judge-style JSON schema, and printed as a fraction of the decode step measured in
+the same run.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -192,34 +192,17 @@ JUDGE_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["a
                                "rationale": {"type": "string", "maxLength": 400}}}
 
 
-def structured_overhead_us(vocab_size: int, rng, tokens: int = 400) -> float:
+def structured_overhead_us(vocab_size: int, rng, tokens: int = 1000) -> float:
     """Mean host time per token of eyecare.structured (mask into the logits, then the grammar step),
     decoding random logits under JUDGE_SCHEMA (a fresh answer whenever one completes)."""
-    import glob
-    import sysconfig
     import tempfile
 
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    from structured_libs import train_tokenizer  # beside this script
 
     from eyecare.structured import Constraint
     from eyecare.tokenizer import Tokenizer
 
-    texts, size = [], 0
-    for path in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "**", "*.py"), recursive=True)):
-        try:
-            with open(path, encoding="utf-8") as f:
-                texts.append(f.read())
-        except (OSError, UnicodeDecodeError):
-            continue
-        size += len(texts[-1])
-        if size > 4e6:
-            break
-    bpe = HFTokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=32000, special_tokens=["<|endoftext|>", "<|end|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe = train_tokenizer()
     with tempfile.TemporaryDirectory() as d:
         bpe.save(os.path.join(d, "tokenizer.json"))
         tokenizer = Tokenizer(d)
