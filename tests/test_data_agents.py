@@ -149,6 +149,6 @@ def test_concurrent_cases_give_the_same_outputs_as_one_at_a_time(tmp_path):
         endpoint = FakeEndpoint()
         build(EXAMPLE / "manifest.csv", out, taxonomies=TAXONOMIES, agents=Agents(endpoint, load_prompts()),
               concurrency=concurrency, progress=False, chart=False, log=lambda line: None)
-        assert len(endpoint.calls) == 17 * (2 + 3 + 1)   # normalizer, writer, 3 open + 1 report verdicts
+        assert len(endpoint.calls) == 17 * (1 + 1 + 2 + 1)   # normalizer, writer, 2 open + 1 report verdicts
         outputs.append([(out / name).read_text() for name in ("train.json", "test.jsonl", "rejected.jsonl")])
     assert outputs[0] == outputs[1]
