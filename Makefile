@@ -45,7 +45,7 @@ test-emulation: deps
 # A second, newer driver (Mesa 25.0's lavapipe from Debian bookworm-backports, not installed: extracted into
 # build/mesa25 and selected with VK_ICD_FILENAMES), validation layer on.
 test-mesa25: deps
-	env $$(tools/mesa25.sh) $(PYTHON) -m pytest -q -p no:cacheprovider $(GPU_PATH_TESTS)
+	vars="$$(tools/mesa25.sh)" && env $$vars $(PYTHON) -m pytest -q -p no:cacheprovider $(GPU_PATH_TESTS)
 
 gpu-check:
 	tools/gpu_check.sh
