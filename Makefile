@@ -8,7 +8,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := mesa-vulkan-drivers libvulkan-dev glslang-tools vulkan-validationlayers libstb-dev
+DEBIAN_PACKAGES := mesa-vulkan-drivers libvulkan-dev glslang-tools vulkan-validationlayers libstb-dev vulkan-tools
 
 # clang and its sanitizer/libFuzzer runtimes, for the fuzz harnesses; gcc's libasan (libgcc-12-dev) for test-asan.
 FUZZ_DEBIAN_PACKAGES := clang-14 libclang-rt-14-dev libstb-dev
@@ -33,7 +33,8 @@ bench: deps
 
 deps: system-deps python-deps
 
-# Debian's Vulkan loader, lavapipe (Vulkan on the CPU), the shader compiler, the validation layer, stb.
+# Debian's Vulkan loader, lavapipe (Vulkan on the CPU), the shader compiler, the validation layer, stb, and
+# vulkaninfo (vulkan-tools), which the tests compare eyecare.devices() with.
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
