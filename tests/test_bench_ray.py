@@ -20,7 +20,7 @@ from eyecare.bench.runner import read_predictions, run
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "bench" / "synthetic_sample.jsonl"
-N = 8
+N = 6
 
 
 def essence(path):
