@@ -4,6 +4,7 @@ SIGKILLed mid-run leave every record answered exactly once (a record that kills 
 failed); a killed driver loses only what was in flight and the run resumes (here locally: the file is shared)."""
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -71,7 +72,9 @@ def test_a_local_run_resumed_on_ray_equals_the_local_run(bench):
 
 
 FAULTY = textwrap.dedent("""
-    # A model that SIGKILLs its own process (the Ray actor's): once on one record, every time on another.
+    # The tiny model, with faults on the questions named in faults.json: "always" SIGKILLs its own process (the
+    # Ray actor's) every time, "once" the first time only, "hold" says so on the FIFO `ready` and then waits
+    # forever on the FIFO `hold`, which nobody writes to.
     import json, os, signal
     from pathlib import Path
     from eyecare import EyecareGPT
@@ -84,15 +87,19 @@ FAULTY = textwrap.dedent("""
             self.faults = json.loads((HERE / "faults.json").read_text())
 
         def chat(self, question, images=()):
-            if question == self.faults["always"]:
+            if question == self.faults.get("always"):
                 os.kill(os.getpid(), signal.SIGKILL)
-            if question == self.faults["once"]:
+            if question == self.faults.get("once"):
                 try:
                     os.close(os.open(HERE / "killed-once", os.O_CREAT | os.O_EXCL))
                 except FileExistsError:
                     pass
                 else:
                     os.kill(os.getpid(), signal.SIGKILL)
+            if question == self.faults.get("hold"):
+                with open(HERE / "ready", "w") as ready:
+                    ready.write("holding\\n")
+                open(HERE / "hold").read()
             return self.model.chat(question, images=images)
 
     def make():
@@ -100,12 +107,16 @@ FAULTY = textwrap.dedent("""
 """)
 
 
+def faulty_model(folder, bench, **faults):
+    (folder / "faulty.py").write_text(FAULTY)
+    (folder / "tiny").symlink_to(bench["tiny"])
+    (folder / "faults.json").write_text(json.dumps(faults))
+
+
 def test_killed_workers_lose_nothing_and_a_record_that_kills_two_is_failed(bench, tmp_path, monkeypatch):
     records = bench["records"]
     once, always = records[1], records[4]
-    (tmp_path / "faulty.py").write_text(FAULTY)
-    (tmp_path / "tiny").symlink_to(bench["tiny"])
-    (tmp_path / "faults.json").write_text(json.dumps({"once": once.prompt, "always": always.prompt}))
+    faulty_model(tmp_path, bench, once=once.prompt, always=always.prompt)
     monkeypatch.chdir(tmp_path)                          # where the workers find faulty.py, as locally
     path = tmp_path / "faults.jsonl"
     result = run_ray(records, path, factory="faulty:make", model_name="faulty:make", workers=2, gpus_per_worker=0,
@@ -125,37 +136,43 @@ def test_killed_workers_lose_nothing_and_a_record_that_kills_two_is_failed(bench
 
 
 def test_a_killed_driver_loses_only_what_was_in_flight_and_the_run_resumes(bench, tmp_path):
+    records = bench["records"]
+    # The last record holds its worker until the driver is killed. It is handed out only once two answers came
+    # back (2 workers x DEPTH 2 calls in flight at first), and the driver writes each answer before it hands
+    # out more work: so when it holds, at least two answers are on disk.
+    faulty_model(tmp_path, bench, hold=records[-1].prompt)
+    os.mkfifo(tmp_path / "ready")
+    os.mkfifo(tmp_path / "hold")
+    ready = os.open(tmp_path / "ready", os.O_RDWR | os.O_NONBLOCK)   # a reader exists: the writer never blocks
     data = tmp_path / "data.jsonl"
     lines = SAMPLE.read_text().splitlines(keepends=True)[::4][:N]
     data.write_text("".join(lines))
     (tmp_path / "images").symlink_to(SAMPLE.parent / "images")
     out = tmp_path / "run"
     predictions = out / "predictions.jsonl"
-    address = ray.get_runtime_context().gcs_address
-    command = [sys.executable, "-m", "eyecare.bench", "run", "--data", str(data), "--model", str(bench["tiny"]),
+    command = [sys.executable, "-m", "eyecare.bench", "run", "--data", str(data), "--model-factory", "faulty:make",
                "--output", str(out), "--no-report", "--no-progress", "--batch-size", "1",
-               "--ray", address, "--workers", "2", "--gpus-per-worker", "0"]
+               "--ray", ray.get_runtime_context().gcs_address, "--workers", "2", "--gpus-per-worker", "0"]
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        # Wait for two answers on disk (or the driver's end), then kill the driver mid-run.
-        while driver.poll() is None and not (predictions.exists() and predictions.read_bytes().count(b"\n") >= 2):
-            try:
-                driver.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                pass
+        # Until a worker holds (or the driver ends, which it cannot do while a record is held).
+        while driver.poll() is None and not select.select([ready], [], [], 1.0)[0]:
+            pass
         assert driver.poll() is None, driver.communicate()[1].decode()[-3000:]
+        assert os.read(ready, 100) == b"holding\n"
         os.kill(driver.pid, signal.SIGKILL)
     finally:
         driver.communicate()
+        os.close(ready)
     assert driver.returncode == -signal.SIGKILL
     kept = read_predictions(predictions)
-    assert 2 <= len(kept) < N, "the driver was not killed mid-run"
+    assert 2 <= len(kept) < N and records[-1].id not in {r["id"] for r in kept}
     assert len({r["id"] for r in kept}) == len(kept)
     with open(predictions, "ab") as f:                   # as if the kill had landed inside a write
         f.write(b'{"id": "cut')
 
     # Resume the Ray run locally: the same file, the same writer.
-    model, name = load_model(str(bench["tiny"]))
-    resumed = run(load_dataset(data), model, predictions, model_name=name, progress=False)
+    model, _ = load_model(str(bench["tiny"]))
+    resumed = run(load_dataset(data), model, predictions, model_name="faulty:make", progress=False)
     assert (resumed.resumed, resumed.completed) == (len(kept), N - len(kept))
     assert essence(predictions) == bench["local"]
