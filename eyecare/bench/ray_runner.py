@@ -6,12 +6,14 @@ each answer is appended and flushed to the predictions file by the same writer a
 (runner.write_predictions), so a run started locally can be resumed on Ray and the other way round.
 
 Faults:
-- A worker that dies (killed process, lost node, out of memory) loses the batches it held; they go
-  back to the front of the queue, one record at a time, and the driver starts a new actor in its place
-  (at most MAX_RESTARTS times per worker; Ray places it on any node with room).
-- The record the dead worker was answering (its oldest batch: an actor answers its calls in order)
-  is charged with the death. A record charged twice is written as failed, with the reason, and the
-  run goes on: a record that crashes every worker cannot stop the run.
+- A worker that dies (killed process, lost node, out of memory) loses the batches it held; the driver
+  starts a new actor in its place (at most MAX_RESTARTS times per worker; Ray places it on any node
+  with room) and the records go back to the front of the queue.
+- Each of those records is a suspect: which one killed the worker cannot be known (a worker holds up
+  to DEPTH calls, and Ray may report a call that had just finished as lost with it). A suspect is
+  asked again alone, on a worker with nothing else in flight, so if that worker dies too the record
+  is the cause: a record that dies with two workers, the second time alone, is written as failed
+  with the reason, and the run goes on. A record that crashes every worker cannot stop the run.
 - Ctrl-C or a killed driver loses only the batches in flight (at most DEPTH per worker); everything
   answered before is on disk and a rerun resumes.
 """
@@ -31,7 +33,7 @@ from .runner import RunResult, ask, write_predictions
 
 DEPTH = 2           # batches queued on each worker, so that it never waits for the driver between two
 MAX_RESTARTS = 4    # times the driver replaces a dead worker before it gives up on that worker
-DEATHS_TO_FAIL = 2  # a record charged with this many worker deaths is written as failed
+DEATHS_TO_FAIL = 2  # a record that dies with this many workers (the last time alone) is written as failed
 
 
 def require_ray():
@@ -74,17 +76,18 @@ class Worker:
     def describe(self) -> dict:
         import ray
 
+        core = sys.modules.get("eyecare._core")
+        validating = bool(core and core.context_created() and core.device_info()["validation"])
         return {"pid": os.getpid(), "host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(),
-                "device": self.device, "error": self.error, "step": getattr(self, "step", 1)}
+                "device": self.device, "error": self.error, "step": getattr(self, "step", 1),
+                "validation_layer": validating}
 
-    def answer(self, records: Sequence[Record]) -> list:
-        return ask(self.model, records, self.step)
-
-    def validation_messages(self) -> int:
-        """Vulkan validation-layer messages in this worker (EYECARE_VALIDATE=1), for the tests."""
-        if "eyecare._core" not in sys.modules:
-            return 0
-        return sys.modules["eyecare._core"].validation_messages()
+    def answer(self, records: Sequence[Record]) -> tuple:
+        """The (text, error, latency_ms, timings) of each record, and the number of Vulkan validation-layer
+        messages this process has seen so far (EYECARE_VALIDATE=1; the tests require none)."""
+        results = ask(self.model, records, self.step)
+        core = sys.modules.get("eyecare._core")
+        return results, core.validation_messages() if core is not None else 0
 
 
 @dataclass
@@ -101,13 +104,17 @@ class _Slot:
     pids: list = field(default_factory=list)
     error: str = ""                       # why the worker is gone for good
     restarts: int = 0
-    validation_messages: Optional[int] = None
+    validation: dict = field(default_factory=dict)   # pid -> validation-layer messages it reported
 
 
 @dataclass
 class RayRunResult(RunResult):
     workers: list = field(default_factory=list)   # per worker: device, host, pids, records, records_per_s
-    worker_deaths: int = 0
+    deaths: list = field(default_factory=list)    # why each worker process was lost, in order
+
+    @property
+    def worker_deaths(self) -> int:
+        return len(self.deaths)
 
 
 def _connect(ray, address: Optional[str], init_options: Optional[dict]):
@@ -156,7 +163,7 @@ def run_ray(records: Sequence[Record], predictions_path, *, model: Optional[str]
         raise BenchError(f"--workers must be >= 1 (got {workers})")
     ray = require_ray()
     started = _connect(ray, address, init_options)
-    state = {"slots": [], "deaths": 0}
+    state = {"slots": [], "deaths": []}
     try:
         total_gpus = ray.cluster_resources().get("GPU", 0)
         if gpus_per_worker is None:
@@ -172,7 +179,7 @@ def run_ray(records: Sequence[Record], predictions_path, *, model: Optional[str]
 
         result = write_predictions(records, predictions_path, answer, model_name=model_name, overwrite=overwrite)
         stats = [_stats(slot) for slot in state["slots"]]
-        return RayRunResult(**vars(result), workers=stats, worker_deaths=state["deaths"])
+        return RayRunResult(**vars(result), workers=stats, deaths=state["deaths"])
     finally:
         for slot in state["slots"]:
             try:
@@ -188,7 +195,8 @@ def _stats(slot: _Slot) -> dict:
     return {"worker": slot.number, "device": slot.info.get("device"), "host": slot.info.get("host"),
             "pids": list(slot.pids), "records": slot.answered,
             "records_per_s": slot.answered / elapsed if elapsed > 0 else 0.0, "dead": slot.dead,
-            "error": slot.error, "validation_messages": slot.validation_messages}
+            "error": slot.error, "validation_layer": slot.info.get("validation_layer"),
+            "validation_messages": sum(slot.validation.values())}
 
 
 def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, workers, gpus, progress, desc):
@@ -217,7 +225,11 @@ def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, worke
 
     def submit(slot):
         while slot.ready and not slot.dead and len(slot.inflight) < DEPTH and queue:
-            if queue[0][1]:                   # a record that was on a dead worker goes alone
+            if slot.inflight and slot.inflight[0][1][0][1]:
+                break                         # nothing goes behind a suspect: its worker may die
+            if queue[0][1]:                   # a suspect goes alone, to a worker with nothing in flight
+                if slot.inflight:
+                    break
                 batch = [queue.popleft()]
             else:
                 batch = []
@@ -227,35 +239,34 @@ def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, worke
             slot.inflight.append((ref, batch))
             refs[ref] = (slot, "answer")
 
-    def answers(slot, batch, results):
+    def answers(slot, batch, reply):
+        results, slot.validation[slot.info["pid"]] = reply
         slot.answered += len(batch)
         for (record, _), result in zip(batch, results):
             yield record, result, len(batch)
 
     def lose(slot, reason):
-        """The worker died. Its calls that finished before are answers; the first that did not is what it
-        was running when it died (an actor runs its calls in order), so its records are charged with the
-        death; every record not answered goes back to the front of the queue, or, charged DEATHS_TO_FAIL
-        times, is written as failed. A new actor takes the worker's place."""
-        state["deaths"] += 1
-        back, charged = [], False
+        """The worker died. Its calls that finished are answers; the records of the others are charged with
+        the death and go back to the front of the queue, or, charged DEATHS_TO_FAIL times, are written as
+        failed. A new actor takes the worker's place."""
+        state["deaths"].append(reason)
+        back = []
         for ref, batch in slot.inflight:
             refs.pop(ref, None)
             try:
-                results = ray.get(ref) if ray.wait([ref], timeout=0)[0] else None
+                reply = ray.get(ref) if ray.wait([ref], timeout=0)[0] else None
             except RayError:
-                results = None
-            if results is not None:
-                yield from answers(slot, batch, results)
+                reply = None
+            if reply is not None:
+                yield from answers(slot, batch, reply)
                 continue
-            back += [(record, deaths + (not charged)) for record, deaths in batch]
-            charged = True
+            back += [(record, deaths + 1) for record, deaths in batch]
         slot.inflight.clear()
         replace(slot, reason)
         for record, deaths in reversed(back):
             if deaths >= DEATHS_TO_FAIL:
-                yield record, ("", f"WorkerDied: {deaths} workers died while answering this record (last: "
-                                   f"{reason})", 0.0, None), 1
+                yield record, ("", f"WorkerDied: {deaths} workers died while answering this record, the last "
+                                   f"one answering it alone ({reason})", 0.0, None), 1
             else:
                 queue.appendleft((record, deaths))
 
@@ -275,7 +286,7 @@ def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, worke
         rates = [f"w{s.number} {s.answered / max(now - s.ready_at, 1e-9):.2f}/s" if s.ready_at else f"w{s.number} -"
                  for s in slots]
         total = counts["answered"] / max(now - counts["started"], 1e-9) if counts["started"] else 0.0
-        extra = (f" | {state['deaths']} worker deaths" if state["deaths"] else "") + \
+        extra = (f" | {len(state['deaths'])} worker deaths" if state["deaths"] else "") + \
                 (f" | {counts['errors']} errors" if counts["errors"] else "")
         bar.set_postfix_str(f"{' '.join(rates)} | total {total:.2f}/s{extra}")
 
@@ -285,7 +296,7 @@ def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, worke
             for slot in slots:
                 submit(slot)
             if not refs:
-                raise BenchError(f"every Ray worker died ({state['deaths']} deaths, each worker replaced up to "
+                raise BenchError(f"every Ray worker died ({len(state['deaths'])} deaths, each worker replaced up to "
                                  f"{MAX_RESTARTS} times; last: {slots[-1].error}); {len(queue)} records "
                                  "unanswered; rerun to resume")
             (ref,), _ = ray.wait(list(refs), num_returns=1)
@@ -294,8 +305,9 @@ def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, worke
                 try:
                     info = ray.get(ref)
                 except RayError as exc:      # it died while starting: its node was lost, or it was killed
-                    state["deaths"] += 1
-                    replace(slot, f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+                    reason = f"worker {slot.number} while starting: {type(exc).__name__}: {str(exc).strip()[:300]}"
+                    state["deaths"].append(reason)
+                    replace(slot, reason)
                     continue
                 if info["error"]:
                     raise BenchError(f"Ray worker {slot.number} on {info['host']} cannot start: {info['error']}")
@@ -304,7 +316,7 @@ def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, worke
                 counts["started"] = counts["started"] or slot.ready_at
                 continue
             try:
-                results = ray.get(ref)
+                reply = ray.get(ref)
             except RayActorError as exc:      # the process died, or its node
                 out = lose(slot, f"worker {slot.number} (pid {slot.info.get('pid')} on {slot.info.get('host')}): "
                                  f"{type(exc).__name__}")
@@ -315,17 +327,10 @@ def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, worke
             else:
                 batch = next(b for r, b in slot.inflight if r == ref)
                 slot.inflight = deque((r, b) for r, b in slot.inflight if r != ref)
-                out = answers(slot, batch, results)
+                out = answers(slot, batch, reply)
             for record, result, size in out:
                 yield record, result, size
                 counts["answered"] += 1
                 counts["errors"] += result[1] is not None
                 bar.update(1)
             postfix(bar)
-    # The Vulkan validation-layer count of each live worker, for tests run with EYECARE_VALIDATE=1.
-    for slot in slots:
-        if slot.ready and not slot.dead:
-            try:
-                slot.validation_messages = ray.get(slot.actor.validation_messages.remote())
-            except RayError:
-                slot.validation_messages = None
