@@ -15,6 +15,7 @@ import pytest
 import ray  # the [ray] extra, installed by `make test`
 
 from eyecare.bench.data import load_dataset
+from eyecare.bench.errors import BenchError
 from eyecare.bench.models import load_model
 from eyecare.bench.ray_runner import run_ray
 from eyecare.bench.runner import read_predictions, run
@@ -179,3 +180,27 @@ def test_a_killed_driver_loses_only_what_was_in_flight_and_the_run_resumes(bench
     resumed = run(load_dataset(data), model, predictions, model_name="faulty:make", progress=False)
     assert (resumed.resumed, resumed.completed) == (len(kept), N - len(kept))
     assert essence(predictions) == bench["local"]
+
+
+def test_a_worker_that_cannot_start_stops_the_run_with_its_reason(bench, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BenchError, match=r"Ray worker \d on .* cannot start: ModelLoadError: --model-factory "
+                                         r"'nowhere:make': cannot import nowhere"):
+        run_ray(bench["records"], tmp_path / "p.jsonl", factory="nowhere:make", workers=1, gpus_per_worker=0,
+                progress=False)
+    assert read_predictions(tmp_path / "p.jsonl") == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "2"], "--workers needs --ray"),
+    (["--gpus-per-worker", "1"], "--gpus-per-worker needs --ray"),
+    (["--ray", "--gpus-per-worker", "2"], "--gpus-per-worker must be between 0 and 1 (got 2): a model runs on one Vulkan device; "
+                                          "a fraction lets workers share a GPU"),
+    (["--ray", "--workers", "0"], "--workers must be >= 1 (got 0)"),
+])
+def test_bad_ray_options_are_refused_before_anything_starts(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "eyecare.bench", "run", "--model", "baseline:yes", "--output",
+                             str(tmp_path / "out"), *args], capture_output=True, text=True, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == f"eyecare bench: error: {message}"
+    assert not (tmp_path / "out").exists()

@@ -111,6 +111,7 @@ class _Slot:
 class RayRunResult(RunResult):
     workers: list = field(default_factory=list)   # per worker: device, host, pids, records, records_per_s
     deaths: list = field(default_factory=list)    # why each worker process was lost, in order
+    records_per_s: float = 0.0                    # answers / seconds from the first worker ready to the last answer
 
     @property
     def worker_deaths(self) -> int:
@@ -179,7 +180,9 @@ def run_ray(records: Sequence[Record], predictions_path, *, model: Optional[str]
 
         result = write_predictions(records, predictions_path, answer, model_name=model_name, overwrite=overwrite)
         stats = [_stats(slot) for slot in state["slots"]]
-        return RayRunResult(**vars(result), workers=stats, deaths=state["deaths"])
+        span = state.get("ended", 0.0) - (state.get("started") or 0.0)
+        rate = state.get("answered", 0) / span if state.get("started") and span > 0 else 0.0
+        return RayRunResult(**vars(result), workers=stats, deaths=state["deaths"], records_per_s=rate)
     finally:
         for slot in state["slots"]:
             try:
@@ -334,3 +337,4 @@ def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, worke
                 counts["errors"] += result[1] is not None
                 bar.update(1)
             postfix(bar)
+            state.update(answered=counts["answered"], started=counts["started"], ended=time.monotonic())
