@@ -179,7 +179,7 @@ def run_ray(records: Sequence[Record], predictions_path, *, model: Optional[str]
                                  desc=model_name or "bench")
 
         result = write_predictions(records, predictions_path, answer, model_name=model_name, overwrite=overwrite)
-        stats = [_stats(slot) for slot in state["slots"]]
+        stats = [_stats(slot, state.get("ended", 0.0)) for slot in state["slots"]]
         span = state.get("ended", 0.0) - (state.get("started") or 0.0)
         rate = state.get("answered", 0) / span if state.get("started") and span > 0 else 0.0
         return RayRunResult(**vars(result), workers=stats, deaths=state["deaths"], records_per_s=rate)
@@ -193,8 +193,8 @@ def run_ray(records: Sequence[Record], predictions_path, *, model: Optional[str]
             ray.shutdown()
 
 
-def _stats(slot: _Slot) -> dict:
-    elapsed = time.monotonic() - slot.ready_at if slot.ready else 0.0
+def _stats(slot: _Slot, end: float) -> dict:
+    elapsed = end - slot.ready_at if slot.ready_at else 0.0
     return {"worker": slot.number, "device": slot.info.get("device"), "host": slot.info.get("host"),
             "pids": list(slot.pids), "records": slot.answered,
             "records_per_s": slot.answered / elapsed if elapsed > 0 else 0.0, "dead": slot.dead,
