@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .checkpoint import CONNECTOR_PREFIX, LANGUAGE_PREFIX, VISION_PREFIX, connector_tensors, read_config, siglip_tensors
+from .checkpoint import CONNECTOR_DEFAULTS, CONNECTOR_PREFIX, LANGUAGE_PREFIX, VISION_PREFIX, connector_tensors, read_config, siglip_tensors
 
 IMAGE_TOKEN = "<image>"
 
@@ -325,7 +325,8 @@ def _expected_tensors(config: dict, text_config) -> dict:
     for key, default in (("num_channels", 3),):
         vision.setdefault(key, default)
     expected = siglip_tensors(vision)
-    expected.update(connector_tensors(vision["hidden_size"], text_config.hidden_size))
+    groups = (config.get("connector") or {}).get("groups", CONNECTOR_DEFAULTS["groups"])
+    expected.update(connector_tensors(vision["hidden_size"], text_config.hidden_size, len(groups)))
     expected.update({LANGUAGE_PREFIX + n: s for n, s in text_config.checkpoint_tensors().items()})
     return expected
 
