@@ -1,4 +1,4 @@
-"""The EyecareGPT checkpoint directory (DESIGN.md 2): its config.json, the tensor names of each part,
+"""The EyecareGPT checkpoint directory (docs/architecture.md, 2): its config.json, the tensor names of each part,
 and writing one (single file, or shards with an index) for the converter and `eyecare make-tiny`.
 
     config.json           model_type "eyecaregpt", vision_config, text_config, connector,

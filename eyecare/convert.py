@@ -1,4 +1,5 @@
-"""Building an EyecareGPT checkpoint directory (DESIGN.md 2) from what training code leaves behind (the format is described in docs/architecture.md):
+"""Building an EyecareGPT checkpoint directory (its format: docs/architecture.md, 2) from what training code
+leaves behind:
 
 (a) the separate Hugging Face checkpoints of the vision tower (a SigLIP model or vision model) and of
     the LLM (Phi-3 or Qwen2), plus a safetensors file of the connector's projector;

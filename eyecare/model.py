@@ -1,5 +1,5 @@
 """EyecareGPT end to end: the processor (adaptive resolution), the vision tower with its Layer-wise Dense
-Connector, and the Phi-3 / Qwen2 decoder, loaded from one checkpoint directory (DESIGN.md 2).
+Connector, and the Phi-3 / Qwen2 decoder, loaded from one checkpoint directory (docs/architecture.md).
 
     model = EyecareGPT.from_pretrained("checkpoints/eyecaregpt-3.8b")
     print(model.chat("Is there diabetic retinopathy?", images=["fundus.jpg"]))

@@ -1,5 +1,5 @@
 """A reference EyecareGPT assembled from transformers and torch (shared by the end-to-end and converter
-tests): SiglipVisionModel, the LDC / projector / tile pooling of DESIGN.md 1.2-1.3 in torch, and
+tests): SiglipVisionModel, the LDC / projector / tile pooling (docs/architecture.md 1.2-1.3) in torch, and
 Phi3ForCausalLM / Qwen2ForCausalLM fed inputs_embeds."""
 import math
 

@@ -25,6 +25,11 @@ def tiny(request, tmp_path_factory):
     return make_tiny(tmp_path_factory.mktemp(request.param), request.param)
 
 
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("qwen2"), "qwen2")
+
+
 @pytest.mark.parametrize("options", OPTIONS, ids=["defaults", "batch3"])
 def test_the_figure_is_what_loading_allocates(tiny, options):
     need = device_memory(tiny, **options)
@@ -45,22 +50,22 @@ def test_the_figure_is_what_loading_allocates(tiny, options):
     assert need.weights > 0 and need.activations > 0 and need.vision_scratch > 0
 
 
-def test_info_prints_the_figure(tiny, capsys):
+def test_info_prints_the_figure(qwen2, capsys):
     from eyecare.cli import main
 
-    assert main(["info", str(tiny), "--max-context", "300", "--max-batch", "3", "--max-views", "2"]) == 0
+    assert main(["info", str(qwen2), "--max-context", "300", "--max-batch", "3", "--max-views", "2"]) == 0
     out = capsys.readouterr().out
     m = re.search(r"device memory with max_context 300, max_batch 3, max_views 2: ([\d.]+) MiB", out)
     before = in_use()
-    with EyecareGPT.from_pretrained(tiny, progress=False, **OPTIONS[1]):
+    with EyecareGPT.from_pretrained(qwen2, progress=False, **OPTIONS[1]):
         allocated = in_use() - before
     assert m and abs(float(m.group(1)) - allocated / 2**20) <= 0.05, (out, allocated)
 
 
-def test_max_batch_3_answers_each_request_as_alone(tiny):
+def test_max_batch_3_answers_each_request_as_alone(qwen2):
     requests = [{"question": "Describe.", "images": IMAGES[:1]}, "Is the retina attached?",
                 {"question": "Compare them.", "images": IMAGES}, {"question": "And this one?", "images": IMAGES[1:]}]
-    with EyecareGPT.from_pretrained(tiny, progress=False, max_batch=3, max_views=4) as model:
+    with EyecareGPT.from_pretrained(qwen2, progress=False, max_batch=3, max_views=4) as model:
         together = model.generate(requests, max_new_tokens=6)  # a group of three, then one
         outputs, timings = model.last_output, model.timings
         alone = [model.chat(r, max_new_tokens=6) if isinstance(r, str) else
@@ -69,13 +74,13 @@ def test_max_batch_3_answers_each_request_as_alone(tiny):
     assert timings["requests"] == 4 and timings["tokens"] == sum(len(o.token_ids) for o in outputs)
 
 
-def test_max_device_memory_holds_the_model_and_refuses_less(tiny):
+def test_max_device_memory_holds_the_model_and_refuses_less(qwen2):
     # A fresh process: the budget caps everything the process holds, so nothing else may be loaded.
-    need = device_memory(tiny, max_context=300, max_views=2).total
+    need = device_memory(qwen2, max_context=300, max_views=2).total
     code = f"""
         import eyecare
         from eyecare.model import EyecareGPT
-        path = {str(tiny)!r}
+        path = {str(qwen2)!r}
         with EyecareGPT.from_pretrained(path, progress=False, max_context=300, max_views=2) as m:
             free = m.chat("Describe.", images=[{IMAGES[0]!r}], max_new_tokens=5)
         with EyecareGPT.from_pretrained(path, progress=False, max_context=300, max_views=2,
