@@ -396,24 +396,25 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
     EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B * T - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));
     /* K and V past the texel reach: groups of whole sequences, each group's K/V through views that start at
      * its first sequence (a sequence's keys are never split between views). */
+    uint64_t esz = ec_dtype_size(a->k.t->dtype); /* k/v offsets and strides count elements of the cache's dtype */
     uint64_t seq_elems = (uint64_t)S * a->k.stride, group = (uint64_t)B;
     uint64_t span_k = (uint64_t)(S - 1) * a->k.stride + (uint64_t)Hkv * D; /* elements one sequence's K reaches */
     if (!ec_texel_fits(a->k.t) || !ec_texel_fits(a->v.t)) {
         uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
-        uint64_t usable = (ec_texel_reach(ctx) - align - 16) / 4;
+        uint64_t usable = (ec_texel_reach(ctx) - align - 16) / esz;
         if (span_k > usable)
             return ec_fail(EC_ERR_ARG, "attention: the keys of one sequence (%llu bytes) exceed the device's texel-buffer reach "
-                           "of %llu bytes", (unsigned long long)span_k * 4, (unsigned long long)ec_texel_reach(ctx));
+                           "of %llu bytes", (unsigned long long)(span_k * esz), (unsigned long long)ec_texel_reach(ctx));
         group = 1 + (usable - span_k) / seq_elems;
     }
     for (uint64_t b0 = 0; b0 < (uint64_t)B; b0 += group) {
         uint64_t n = (uint64_t)B - b0 < group ? (uint64_t)B - b0 : group, k_skip, v_skip;
         uint64_t len = (n - 1) * seq_elems + span_k;
-        EC_TRY(ec_bind_texel_range(a->k.t, (a->k.off + b0 * seq_elems) * 4, len * 4, &bind[1], &k_skip));
-        EC_TRY(ec_bind_texel_range(a->v.t, (a->v.off + b0 * seq_elems) * 4, len * 4, &bind[2], &v_skip));
+        EC_TRY(ec_bind_texel_range(a->k.t, (a->k.off + b0 * seq_elems) * esz, len * esz, &bind[1], &k_skip));
+        EC_TRY(ec_bind_texel_range(a->v.t, (a->v.off + b0 * seq_elems) * esz, len * esz, &bind[2], &v_skip));
         pc.b0 = (uint32_t)b0;
-        pc.k_off = (uint32_t)(k_skip / 4);
-        pc.v_off = (uint32_t)(v_skip / 4);
+        pc.k_off = (uint32_t)(k_skip / esz);
+        pc.v_off = (uint32_t)(v_skip / esz);
         EC_TRY(dispatch_attention(ctx, p, bind, &pc, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)n));
     }
     return EC_OK;
