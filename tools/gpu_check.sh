@@ -19,8 +19,8 @@ started=$(date +%s)
 
 step "1/4 build"
 $PY setup.py -q build_ext --inplace >/dev/null
-# The benchmarks run from an installed package: the editable install if pip can make one offline, else this tree.
-$PY -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Tests and benchmarks import the package built here (the machine's Python environment is left as it is).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 step "2/4 devices"
 $PY -m eyecare.cli devices
