@@ -82,6 +82,29 @@ struct ec_attention_push {
     float scale;
 };
 #define EC_ATTENTION_SPEC(X) X(2, D, 64)  /* head dimension (any up to 256: 72 for SigLIP, 128 for Qwen2) */
+/* K and V of attention and attention_decode are read in the dtype of specialization constant 1 (f32 or f16:
+ * the KV cache's dtype); q and the output are f32. */
+
+/* ---- attention_decode: one query token per sequence (decode), split-K over the cached keys ----
+ * A workgroup takes one KV head and one range of split_len keys, for the whole group of G query heads
+ * that share that KV head (so the cache is read once per group, not once per query head). With
+ * splits == 1 it writes the normalized output; otherwise each (sequence, query head, split) writes
+ * its partial softmax state {max, sum, acc[D]} for attention_combine. */
+struct ec_attention_decode_push {
+    EC_UINT Hq, Hkv;
+    EC_UINT q_off, q_seq;                 /* q element (b,h,d) = q_off + b*q_seq + h*D + d */
+    EC_UINT k_off, v_off, kv_row, kv_seq; /* k/v element (b,s,h,d) = k_off + b*kv_seq + s*kv_row + h*D + d */
+    EC_UINT o_off, o_seq;                 /* output (b,h,d) = o_off + b*o_seq + h*D + d, or the partials' base */
+    EC_UINT splits, split_len;
+    float scale;
+};
+#define EC_ATTENTION_DECODE_SPEC(X) X(2, D, 64) X(3, G, 1)  /* head dimension; query heads per KV head */
+
+/* ---- attention_combine: merges the splits' partial softmax states of attention_decode ---- */
+struct ec_attention_combine_push {
+    EC_UINT Hq, splits, part_off, o_off, o_seq;
+};
+#define EC_ATTENTION_COMBINE_SPEC(X) X(2, D, 64)
 
 /* ---- embedding: o[t, :] = table[ids[t], :] ---- */
 struct ec_embedding_push {
@@ -94,6 +117,9 @@ struct ec_copy2d_push {
     EC_UINT rows, cols, src_off, src_stride, dst_off, dst_stride;
 };
 #define EC_COPY2D_SPEC(X)
+/* copy2d_f16: the same block from f32 to f16 (the KV cache append); dst_off, dst_stride and cols even,
+ * counted in f16 elements. */
+#define EC_COPY2D_F16_SPEC(X)
 
 /* ---- pool2d: adaptive average pooling of [B, H*W, C] token grids to [B, OH*OW, C] ---- */
 struct ec_pool2d_push {
@@ -141,8 +167,11 @@ EC_SPEC_STRUCT(activation, EC_ACTIVATION_SPEC)
 EC_SPEC_STRUCT(softmax, EC_SOFTMAX_SPEC)
 EC_SPEC_STRUCT(rope, EC_ROPE_SPEC)
 EC_SPEC_STRUCT(attention, EC_ATTENTION_SPEC)
+EC_SPEC_STRUCT(attention_decode, EC_ATTENTION_DECODE_SPEC)
+EC_SPEC_STRUCT(attention_combine, EC_ATTENTION_COMBINE_SPEC)
 EC_SPEC_STRUCT(embedding, EC_EMBEDDING_SPEC)
 EC_SPEC_STRUCT(copy2d, EC_COPY2D_SPEC)
+EC_SPEC_STRUCT(copy2d_f16, EC_COPY2D_F16_SPEC)
 EC_SPEC_STRUCT(pool2d, EC_POOL2D_SPEC)
 EC_SPEC_STRUCT(argmax, EC_ARGMAX_SPEC)
 EC_SPEC_STRUCT(patchify, EC_PATCHIFY_SPEC)

@@ -247,6 +247,51 @@ def test_attention(B, T, S, H, Hkv, D, causal, lens):
     close(out.numpy(), attention_reference(q, k, v, lens, B, T, S, H, Hkv, D, causal, scale), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("B,S,H,Hkv,D,lens,splits", [
+    (1, 40, 4, 4, 16, [40], 1),             # one key range per KV head: the output written directly
+    (2, 50, 14, 2, 8, [13, 50], 4),         # 7 query heads per KV head, 4 key ranges, one range empty for b=0
+    (1, 300, 2, 2, 96, [300], 0),           # Phi-3's head dim, ranges chosen by the op
+    (2, 70, 8, 1, 128, [1, 70], 5),         # Qwen2's head dim, a sequence of one key
+    (1, 9, 3, 3, 6, [9], 2),                # head dim not a multiple of 8: the element-wise path
+])
+def test_attention_decode_split_k(kv_dtype, B, S, H, Hkv, D, lens, splits):
+    # One query token per sequence (decode): the split-K kernel and, with several ranges, the combine
+    # kernel; K and V in the KV cache's dtype (the reference holds the same rounded values).
+    q, k, v = rand(B, H * D), rand(B * S, Hkv * D), rand(B * S, Hkv * D)
+    out = empty((B, H * D))
+    partials = empty((B * H * 8, D + 2))
+    scale = D ** -0.5
+    core.op_attention(tensor(q), tensor(k, kv_dtype), tensor(v, kv_dtype), out, tensor(np.array(lens, np.int32)), B, 1, S,
+                      H, Hkv, D, True, scale, partials, splits, max(lens))
+    want = attention_reference(q, rounded(k, kv_dtype), rounded(v, kv_dtype), lens, B, 1, S, H, Hkv, D, True, scale)
+    close(out.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("B,T,S,H,Hkv,D,lens", [(1, 5, 40, 4, 1, 128, [25]), (2, 3, 12, 14, 2, 8, [7, 12]), (1, 4, 9, 2, 2, 6, [9])])
+def test_attention_prefill_reads_an_f16_cache(B, T, S, H, Hkv, D, lens):
+    q, k, v = rand(B * T, H * D), rand(B * S, Hkv * D), rand(B * S, Hkv * D)
+    out = empty((B * T, H * D))
+    scale = D ** -0.5
+    core.op_attention(tensor(q), tensor(k, "float16"), tensor(v, "float16"), out, tensor(np.array(lens, np.int32)), B, T, S,
+                      H, Hkv, D, True, scale)
+    want = attention_reference(q, rounded(k, "float16"), rounded(v, "float16"), lens, B, T, S, H, Hkv, D, True, scale)
+    close(out.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_copy_to_f16_rounds_like_numpy():
+    # A block of an f32 tensor (column range, row stride) into a column range of an f16 tensor: the KV append.
+    src = rand(6, 20, scale=100.0)
+    src[0, 2:6] = [65504.0, 3e-7, -0.0, 2049.0]  # largest f16, an f16 subnormal, a sign, a tie rounded to even
+    dst = tensor(np.zeros((5, 24), np.float16))
+    core.op_copy_to_f16(tensor(src), 2, 20, dst, 4, 24, 5, 14)
+    want = np.zeros((5, 24), np.float16)
+    want[:, 4:18] = src[:5, 2:16].astype(np.float16)
+    np.testing.assert_array_equal(dst.numpy().view(np.uint16), want.view(np.uint16))
+    with pytest.raises(ValueError, match="even"):
+        core.op_copy_to_f16(tensor(src), 0, 20, dst, 3, 24, 2, 4)
+
+
 @pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
 def test_embedding(dtype):
     V, D = 50, 24

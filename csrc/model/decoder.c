@@ -11,8 +11,10 @@
 
 typedef struct {
     ec_tensor *input_norm, *qkv, *qkv_bias, *o, *post_norm, *gate_up, *down; /* borrowed */
-    /* The KV cache: [max_batch, capacity, 2 * kv_dim] f32; a position's row holds its k, then its v.
-     * k and v sit side by side in the qkv projection's output too, so one copy appends both. */
+    /* The KV cache: [max_batch, capacity, 2 * kv_dim] in cfg.kv_dtype (f16 by default: a decode step
+     * after a long prompt reads it all, so half the bytes is half that time); a position's row holds
+     * its k, then its v. k and v sit side by side in the qkv projection's output too, so one copy
+     * appends both. */
     ec_tensor *kv;
 } ec_layer;
 
@@ -44,6 +46,7 @@ struct ec_decoder {
     ec_tensor *ids;      /* int32 [chunk] */
     ec_tensor *rope;     /* [chunk, rot_dim]: cos | sin for each row's position */
     ec_tensor *lens;     /* int32 [max_batch]: keys per sequence after this chunk */
+    ec_tensor *partials; /* split-K decode attention's partial results (ec_attention_args.partials) */
     int32_t *ids_host, *lens_host;
     float *rope_host;
 
@@ -78,6 +81,9 @@ static ec_status scratch(ec_context *ctx, ec_dtype dtype, int64_t rows, int64_t 
 }
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* The most key ranges a decode step's attention splits each KV head into (ops.c picks how many). */
+#define DECODE_SPLITS 64
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* ------------------------------------------------------------------------------------------------
@@ -255,6 +261,8 @@ static ec_status check_config(const ec_decoder_config *c)
     if (c->short_factor && c->original_max < 1)
         return ec_fail(EC_ERR_ARG, "%s config: LongRoPE needs original_max_position_embeddings", c->model_type);
     if (c->window < 0) return ec_fail(EC_ERR_ARG, "%s config: negative sliding window", c->model_type);
+    if (c->kv_dtype != EC_F32 && c->kv_dtype != EC_F16)
+        return ec_fail(EC_ERR_ARG, "the KV cache must be float16 or float32, not %s", ec_dtype_name(c->kv_dtype));
     return EC_OK;
 }
 
@@ -302,9 +310,10 @@ ec_status ec_decoder_create(ec_context *ctx, const ec_decoder_config *cfg, const
     if ((s = bind_weights(d, weights, n_weights))) goto fail;
 
     /* The cache of one layer is read through a texel view, whose reach is the limit on its size. */
-    uint64_t kv_bytes = (uint64_t)max_batch * (uint64_t)capacity * (uint64_t)(2 * d->kv_dim) * 4;
+    uint64_t kv_values = (uint64_t)max_batch * (uint64_t)capacity * (uint64_t)(2 * d->kv_dim);
+    uint64_t kv_bytes = kv_values * ec_dtype_size(cfg->kv_dtype);
     uint64_t reach = (uint64_t)ctx->limits.maxTexelBufferElements * 16;
-    if (kv_bytes > reach || kv_bytes / 4 > UINT32_MAX) {
+    if (kv_bytes > reach || kv_values > UINT32_MAX) {
         s = ec_fail(EC_ERR_LIMIT, "the KV cache of one layer would take %.0f MiB for %d sequence(s) of %lld tokens, over the "
                     "device's %.0f MiB reach; lower max_context or max_batch", kv_bytes / 1048576.0, max_batch,
                     (long long)capacity, reach / 1048576.0);
@@ -312,7 +321,7 @@ ec_status ec_decoder_create(ec_context *ctx, const ec_decoder_config *cfg, const
     }
     for (int64_t l = 0; l < cfg->layers; l++) {
         int64_t shape[3] = {max_batch, capacity, 2 * d->kv_dim};
-        if ((s = ec_tensor_create(ctx, EC_F32, 3, shape, &d->layers[l].kv))) goto fail;
+        if ((s = ec_tensor_create(ctx, cfg->kv_dtype, 3, shape, &d->layers[l].kv))) goto fail;
     }
     int64_t R = d->chunk, D = cfg->hidden;
     if ((s = scratch(ctx, EC_F32, R, D, &d->x)) || (s = scratch(ctx, EC_F32, R, D, &d->h)) ||
@@ -320,7 +329,8 @@ ec_status ec_decoder_create(ec_context *ctx, const ec_decoder_config *cfg, const
         (s = scratch(ctx, EC_F32, R, 2 * cfg->intermediate, &d->gate_up)) ||
         (s = scratch(ctx, EC_F32, R, cfg->intermediate, &d->act)) || (s = scratch(ctx, EC_F32, max_batch, D, &d->last)) ||
         (s = scratch(ctx, EC_F32, max_batch, cfg->vocab, &d->logits)) || (s = scratch(ctx, EC_I32, R, 0, &d->ids)) ||
-        (s = scratch(ctx, EC_F32, R, cfg->rot_dim, &d->rope)) || (s = scratch(ctx, EC_I32, max_batch, 0, &d->lens)))
+        (s = scratch(ctx, EC_F32, R, cfg->rot_dim, &d->rope)) || (s = scratch(ctx, EC_I32, max_batch, 0, &d->lens)) ||
+        (s = scratch(ctx, EC_F32, (int64_t)max_batch * cfg->heads * DECODE_SPLITS, cfg->head_dim + 2, &d->partials)))
         goto fail;
     d->logits_rows = max_batch;
 
@@ -342,7 +352,8 @@ void ec_decoder_destroy(ec_decoder *d)
     if (!d) return;
     if (d->layers)
         for (int64_t l = 0; l < d->cfg.layers; l++) ec_tensor_destroy(d->layers[l].kv);
-    ec_tensor *owned[] = {d->x, d->h, d->qkv, d->attn, d->gate_up, d->act, d->last, d->logits, d->ids, d->rope, d->lens};
+    ec_tensor *owned[] = {d->x, d->h, d->qkv, d->attn, d->gate_up, d->act, d->last, d->logits, d->ids, d->rope, d->lens,
+                          d->partials};
     for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++) ec_tensor_destroy(owned[i]);
     free(d->layers);
     free(d->lengths);
@@ -359,23 +370,28 @@ void ec_decoder_destroy(ec_decoder *d)
 /* ------------------------------------------------------------------------------------------------
  * The forward pass */
 
+static ec_status copy_into_cache(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols)
+{
+    return dst.t->dtype == EC_F16 ? ec_op_copy_to_f16(ctx, src, dst, rows, cols) : ec_op_copy(ctx, src, dst, rows, cols);
+}
+
 /* Appends this chunk's k and v (adjacent columns of the qkv output) to each sequence's cache rows. */
 static ec_status append_kv(ec_decoder *d, ec_tensor *kv, ec_tensor *qkv, int first, int batch, int64_t tokens, int64_t t0)
 {
     size_t row = (size_t)(2 * d->kv_dim), cap = (size_t)d->capacity;
     int same = tokens == 1;
     for (int b = 1; b < batch && same; b++) same = d->lengths[first + b] == d->lengths[first];
-    uint64_t span = (uint64_t)batch * cap * row * 4;
+    uint64_t span = (uint64_t)batch * cap * row * ec_dtype_size(kv->dtype);
     if (same && span + d->ctx->limits.minStorageBufferOffsetAlignment <= d->ctx->limits.maxStorageBufferRange) {
         /* A decode step of sequences of one length: their rows are a fixed stride apart, one copy. */
         ec_cols src = {qkv, (size_t)d->q_dim, (size_t)d->qkv_dim};
         ec_cols dst = {kv, ((size_t)first * cap + (size_t)(d->lengths[first] + t0)) * row, cap * row};
-        return ec_op_copy(d->ctx, src, dst, batch, (int64_t)row);
+        return copy_into_cache(d->ctx, src, dst, batch, (int64_t)row);
     }
     for (int b = 0; b < batch; b++) {
         ec_cols src = {qkv, (size_t)(b * tokens * d->qkv_dim + d->q_dim), (size_t)d->qkv_dim};
         ec_cols dst = {kv, ((size_t)(first + b) * cap + (size_t)(d->lengths[first + b] + t0)) * row, row};
-        EC_TRY(ec_op_copy(d->ctx, src, dst, tokens, (int64_t)row));
+        EC_TRY(copy_into_cache(d->ctx, src, dst, tokens, (int64_t)row));
     }
     return EC_OK;
 }
@@ -389,6 +405,9 @@ static ec_status record_chunk(ec_decoder *d, int first, int batch, int64_t token
     int64_t R = batch * tokens, F = c->intermediate;
     ec_tensor x = rows_view(d->x, R), h = rows_view(d->h, R), qkv = rows_view(d->qkv, R), attn = rows_view(d->attn, R);
     ec_tensor gate_up = rows_view(d->gate_up, R), act = rows_view(d->act, R);
+
+    int64_t max_len = 0; /* keys of the longest sequence once this chunk is in */
+    for (int b = 0; b < batch; b++) max_len = max64(max_len, d->lengths[first + b] + t0 + tokens);
 
     if (from_ids) {
         ec_tensor ids = rows_view(d->ids, R);
@@ -412,6 +431,7 @@ static ec_status record_chunk(ec_decoder *d, int first, int batch, int64_t token
             .batch = batch, .tokens = tokens, .kv_rows = d->capacity,
             .n_heads = (int)c->heads, .n_kv_heads = (int)c->kv_heads, .head_dim = (int)c->head_dim,
             .causal = 1, .scale = (float)(1.0 / sqrt((double)c->head_dim)), .lengths = d->lens,
+            .partials = d->partials, .max_len = max_len,
         };
         EC_TRY(ec_op_attention(ctx, &a));
         EC_TRY(ec_op_matmul(ctx, &attn, L->o, NULL, &x, 1));

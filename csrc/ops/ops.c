@@ -13,13 +13,15 @@
 
 #define KERNEL(name, bindings, push) {#name, ec_spv_##name, sizeof ec_spv_##name, bindings, sizeof(struct ec_##push##_push)}
 enum { K_matmul, K_matvec, K_add, K_norm, K_activation, K_softmax, K_rope, K_attention, K_embedding,
-       K_copy2d, K_pool2d, K_argmax, K_patchify, K_peak_fma };
+       K_copy2d, K_pool2d, K_argmax, K_patchify, K_peak_fma, K_attention_decode, K_attention_combine, K_copy2d_f16 };
 const ec_kernel_def ec_kernels[] = {
     KERNEL(matmul, "STTS", matmul),   KERNEL(matvec, "TTTS", matmul),       KERNEL(add, "SSS", add),
     KERNEL(norm, "STTS", norm),       KERNEL(activation, "SSS", activation), KERNEL(softmax, "SS", softmax),
     KERNEL(rope, "SS", rope),         KERNEL(attention, "STTSS", attention), KERNEL(embedding, "STS", embedding),
     KERNEL(copy2d, "SS", copy2d),     KERNEL(pool2d, "SS", pool2d),         KERNEL(argmax, "SS", argmax),
     KERNEL(patchify, "SS", patchify), KERNEL(peak_fma, "S", peak_fma),
+    KERNEL(attention_decode, "STTSS", attention_decode), KERNEL(attention_combine, "SS", attention_combine),
+    KERNEL(copy2d_f16, "SS", copy2d),
 };
 const int ec_kernel_count = sizeof ec_kernels / sizeof ec_kernels[0];
 
@@ -47,6 +49,8 @@ DISPATCHER(matmul, matmul) DISPATCHER(matvec, matmul) DISPATCHER(add, add) DISPA
 DISPATCHER(activation, activation) DISPATCHER(softmax, softmax) DISPATCHER(rope, rope)
 DISPATCHER(attention, attention) DISPATCHER(embedding, embedding) DISPATCHER(copy2d, copy2d)
 DISPATCHER(pool2d, pool2d) DISPATCHER(argmax, argmax) DISPATCHER(patchify, patchify) DISPATCHER(peak_fma, peak_fma)
+DISPATCHER(attention_decode, attention_decode) DISPATCHER(attention_combine, attention_combine)
+DISPATCHER(copy2d_f16, copy2d)
 
 /* ------------------------------------------------------------------------------------------------
  * Device-dependent shapes of the work: lavapipe runs each workgroup as a loop on a CPU core, so it
@@ -339,6 +343,66 @@ ec_status ec_op_rope(ec_context *ctx, ec_cols x, int64_t tokens, int n_heads, in
     return dispatch_rope(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)tokens * n_heads * (rot_dim / 2), width), 1, 1);
 }
 
+/* K and V: the same dtype, f32 or f16 (the KV cache's), with k/v rows as column ranges counted in that dtype. */
+static ec_status check_kv(ec_cols c, int64_t rows, int64_t cols, const char *what)
+{
+    if (!c.t) return ec_fail(EC_ERR_ARG, "%s is missing", what);
+    if (c.t->dtype != EC_F32 && c.t->dtype != EC_F16)
+        return ec_fail(EC_ERR_ARG, "%s must be float32 or float16, not %s", what, ec_dtype_name(c.t->dtype));
+    if (rows == 0) return EC_OK;
+    if (c.off + (uint64_t)(rows - 1) * c.stride + (uint64_t)cols > (uint64_t)ec_numel(c.t) || (int64_t)c.stride < cols)
+        return ec_fail(EC_ERR_ARG, "%s: a %lld x %lld block at offset %zu with row stride %zu does not fit its tensor",
+                       what, (long long)rows, (long long)cols, c.off, c.stride);
+    return EC_OK;
+}
+
+/* Decode: one query token per sequence, split-K over the keys (shaders/attention_decode.comp). */
+static ec_status attention_decode(ec_context *ctx, const ec_attention_args *a, ec_binding *bind)
+{
+    int64_t B = a->batch, S = a->kv_rows;
+    int H = a->n_heads, Hkv = a->n_kv_heads, D = a->head_dim, G = H / Hkv;
+    int64_t max_len = a->max_len > 0 && a->max_len < S ? a->max_len : S;
+    if (max_len < 1) max_len = 1;
+    /* Key ranges per KV head: enough workgroups to occupy the device (lavapipe: a few per core; GPUs:
+     * hundreds), each range at least 32 keys, and no more than the partials hold. */
+    uint64_t part_cap = a->partials ? (uint64_t)ec_numel(a->partials) / ((uint64_t)B * H * (D + 2)) : 1;
+    int64_t want = a->splits > 0 ? a->splits : ((is_cpu(ctx) ? 16 : 512) + B * Hkv - 1) / (B * Hkv);
+    int64_t most = (max_len + 31) / 32;
+    if (a->splits <= 0 && want > most) want = most;
+    if (want > (int64_t)part_cap) want = (int64_t)part_cap;
+    if (want > max_len) want = max_len;
+    if (want < 1) want = 1;
+    uint32_t split_len = (uint32_t)((max_len + want - 1) / want);
+    uint32_t splits = (uint32_t)((max_len + split_len - 1) / split_len);
+
+    ec_pipeline *p;
+    uint32_t width = ctx->info.subgroup_size;
+    EC_TRY(PIPELINE(attention_decode, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D, .G = (uint32_t)G));
+    struct ec_attention_decode_push pc = {
+        .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .q_seq = (uint32_t)a->q.stride,
+        .k_off = (uint32_t)a->k.off, .v_off = (uint32_t)a->v.off, .kv_row = (uint32_t)a->k.stride,
+        .kv_seq = (uint32_t)(S * a->k.stride), .splits = splits, .split_len = split_len, .scale = a->scale};
+    EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
+    if (splits == 1) {
+        pc.o_seq = (uint32_t)a->out.stride;
+        EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));
+        return dispatch_attention_decode(ctx, p, bind, &pc, 1, (uint32_t)Hkv, (uint32_t)B);
+    }
+    EC_TRY(need_f32(a->partials, "attention partials"));
+    EC_TRY(need_same_context(ctx, a->partials));
+    uint64_t part_n = (uint64_t)B * H * splits * (D + 2);
+    EC_TRY(bind_span(a->partials, 0, part_n, &bind[4], &pc.o_off));
+    EC_TRY(dispatch_attention_decode(ctx, p, bind, &pc, splits, (uint32_t)Hkv, (uint32_t)B));
+
+    ec_pipeline *pc2;
+    EC_TRY(PIPELINE(attention_combine, &pc2, .width = width, .D = (uint32_t)D));
+    ec_binding cb[2];
+    struct ec_attention_combine_push cp = {.Hq = (uint32_t)H, .splits = splits, .o_seq = (uint32_t)a->out.stride};
+    EC_TRY(bind_span(a->partials, 0, part_n, &cb[0], &cp.part_off));
+    EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B - 1) * a->out.stride + (uint64_t)H * D, &cb[1], &cp.o_off));
+    return dispatch_attention_combine(ctx, pc2, cb, &cp, (uint32_t)H, (uint32_t)B, 1);
+}
+
 ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
 {
     int64_t B = a->batch, T = a->tokens, S = a->kv_rows;
@@ -348,24 +412,28 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
     if (B <= 0 || T <= 0) return EC_OK;
     EC_TRY(check_cols(a->q, B * T, (int64_t)H * D, "attention q"));
     EC_TRY(check_cols(a->out, B * T, (int64_t)H * D, "attention output"));
-    EC_TRY(check_cols(a->k, B * S, (int64_t)Hkv * D, "attention k"));
-    EC_TRY(check_cols(a->v, B * S, (int64_t)Hkv * D, "attention v"));
+    EC_TRY(check_kv(a->k, B * S, (int64_t)Hkv * D, "attention k"));
+    EC_TRY(check_kv(a->v, B * S, (int64_t)Hkv * D, "attention v"));
+    if (a->k.t->dtype != a->v.t->dtype) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same dtype");
     if (!a->lengths || a->lengths->dtype != EC_I32 || ec_numel(a->lengths) < B)
         return ec_fail(EC_ERR_ARG, "attention: lengths must be an int32 tensor of %lld values", (long long)B);
+    if (a->k.stride != a->v.stride) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same row stride");
+    if ((uint64_t)B * S * a->k.stride > UINT32_MAX) return ec_fail(EC_ERR_ARG, "attention: k/v of more than 2^32 values");
+    ec_binding bind[5];
+    EC_TRY(ec_bind_texel(a->k.t, &bind[1]));
+    EC_TRY(ec_bind_texel(a->v.t, &bind[2]));
+    EC_TRY(bind_span(a->lengths, 0, (uint64_t)B, &bind[3], NULL));
+    if (T == 1) return attention_decode(ctx, a, bind);
+
     ec_pipeline *p;
     uint32_t width = ctx->info.subgroup_size;
-    EC_TRY(PIPELINE(attention, &p, .width = width, .D = (uint32_t)D));
-    ec_binding bind[5];
+    EC_TRY(PIPELINE(attention, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D));
     struct ec_attention_push pc = {
         .T = (uint32_t)T, .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .causal = a->causal != 0,
         .q_row = (uint32_t)a->q.stride, .q_seq = (uint32_t)(T * a->q.stride),
         .k_off = (uint32_t)a->k.off, .v_off = (uint32_t)a->v.off, .kv_row = (uint32_t)a->k.stride, .kv_seq = (uint32_t)(S * a->k.stride),
         .o_row = (uint32_t)a->out.stride, .o_seq = (uint32_t)(T * a->out.stride), .scale = a->scale};
-    if (a->k.stride != a->v.stride) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same row stride");
     EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B * T - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
-    EC_TRY(ec_bind_texel(a->k.t, &bind[1]));
-    EC_TRY(ec_bind_texel(a->v.t, &bind[2]));
-    EC_TRY(bind_span(a->lengths, 0, (uint64_t)B, &bind[3], NULL));
     EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B * T - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));
     return dispatch_attention(ctx, p, bind, &pc, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)B);
 }
@@ -408,6 +476,35 @@ ec_status ec_op_copy(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, in
         EC_TRY(bind_span(src.t, src.off + (uint64_t)r0 * src.stride, (uint64_t)(n - 1) * src.stride + cols, &bind[0], &pc.src_off));
         EC_TRY(bind_span(dst.t, dst.off + (uint64_t)r0 * dst.stride, (uint64_t)(n - 1) * dst.stride + cols, &bind[1], &pc.dst_off));
         EC_TRY(dispatch_copy2d(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)n * cols, width), 1, 1));
+    }
+    return EC_OK;
+}
+
+ec_status ec_op_copy_to_f16(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols)
+{
+    EC_TRY(check_cols(src, rows, cols, "copy source"));
+    if (!dst.t || dst.t->dtype != EC_F16) return ec_fail(EC_ERR_ARG, "copy_to_f16: the destination must be float16");
+    EC_TRY(check_kv(dst, rows, cols, "copy destination"));
+    if (dst.off % 2 || dst.stride % 2 || cols % 2)
+        return ec_fail(EC_ERR_ARG, "copy_to_f16: offset %zu, stride %zu and columns %lld must be even", dst.off, dst.stride, (long long)cols);
+    if (rows == 0 || cols == 0) return EC_OK;
+    ec_pipeline *p;
+    uint32_t width = pointwise_width(ctx);
+    EC_TRY(PIPELINE(copy2d_f16, &p, .width = width));
+    uint64_t widest = src.stride > dst.stride / 2 ? src.stride : dst.stride / 2;
+    uint64_t chunk = rows_per_binding(ctx, widest);
+    if (!chunk) return ec_fail(EC_ERR_ARG, "copy: one row is larger than a storage binding");
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
+        ec_binding bind[2];
+        uint32_t dst_word;
+        struct ec_copy2d_push pc = {.rows = (uint32_t)n, .cols = (uint32_t)cols, .src_stride = (uint32_t)src.stride,
+                                    .dst_stride = (uint32_t)dst.stride};
+        EC_TRY(bind_span(src.t, src.off + (uint64_t)r0 * src.stride, (uint64_t)(n - 1) * src.stride + cols, &bind[0], &pc.src_off));
+        /* The destination in 32-bit words: two f16 values each. */
+        EC_TRY(bind_span(dst.t, (dst.off + (uint64_t)r0 * dst.stride) / 2, ((uint64_t)(n - 1) * dst.stride + cols) / 2, &bind[1], &dst_word));
+        pc.dst_off = 2 * dst_word;
+        EC_TRY(dispatch_copy2d_f16(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)n * cols / 2, width), 1, 1));
     }
     return EC_OK;
 }

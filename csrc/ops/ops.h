@@ -38,6 +38,11 @@ ec_status ec_op_softmax(ec_context *ctx, ec_tensor *x, float scale, ec_tensor *y
  * cos_sin is [tokens, rot_dim] f32, cos in the first half, sin in the second (rot_dim <= head_dim). */
 ec_status ec_op_rope(ec_context *ctx, ec_cols x, int64_t tokens, int n_heads, int head_dim, int rot_dim, ec_tensor *cos_sin);
 
+/* q and out are f32; k and v are f32 or f16 (both the same: the KV cache's dtype). A single query
+ * token per sequence (decode) runs split-K: workgroups over (key range, KV head, sequence), each reading
+ * its KV head once for the whole group of query heads; with partials (f32, at least
+ * batch * n_heads * splits * (head_dim + 2) values) the key ranges are merged by a second kernel,
+ * without it each KV head is one range. */
 typedef struct {
     ec_cols q, k, v, out;  /* q/out rows: (b, t) -> row b*T + t; k/v rows: (b, s) -> row b*kv_rows + s */
     int64_t batch, tokens; /* B sequences of T query tokens */
@@ -46,6 +51,9 @@ typedef struct {
     int causal;
     float scale;
     ec_tensor *lengths;    /* int32 [B]: keys present per sequence (after appending this step's) */
+    ec_tensor *partials;   /* decode only, may be NULL: scratch for split-K partial results */
+    int splits;            /* decode only: key ranges per KV head, 0 = chosen for the device */
+    int64_t max_len;       /* decode only: an upper bound of lengths known to the host (0 = kv_rows) */
 } ec_attention_args;
 ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a);
 
@@ -54,6 +62,9 @@ ec_status ec_op_embedding(ec_context *ctx, ec_tensor *ids, ec_tensor *table, ec_
 
 /* Copies a rows x cols block from src to dst (both column ranges): concat, KV append, slicing. */
 ec_status ec_op_copy(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols);
+/* The same block copied from f32 src into an f16 tensor (rounded to nearest): the f16 KV cache's
+ * append. dst's offset, stride and cols (in f16 values) must be even. */
+ec_status ec_op_copy_to_f16(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols);
 /* out = [a | b | c ...] along the last axis. */
 ec_status ec_op_concat(ec_context *ctx, ec_tensor **parts, int n, ec_tensor *out);
 
