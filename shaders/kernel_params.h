@@ -35,7 +35,18 @@ struct ec_matmul_push {
     EC_UINT has_bias, accumulate, aligned;  /* aligned: K is a whole number of texels */
 };
 #define EC_MATMUL_SPEC(X) X(2, BTYPE, 0) X(3, TM, 4) X(4, TN, 4)  /* bias dtype; rows x columns per invocation */
-#define EC_MATVEC_SPEC(X) X(2, BTYPE, 0) X(3, ROWS, 16) X(4, NM, 1)  /* bias dtype; W rows per workgroup; x vectors (M, at most 8) */
+/* matvec's own push constants: x row m starts at x_off + m * x_stride (texels of its view); up_off: where
+ * the up half starts within a row for PRE 2; eps: RMSNorm's for PRE 1. */
+struct ec_matvec_push {
+    EC_UINT M, N, K;
+    EC_UINT x_off, y_off;
+    EC_UINT has_bias, accumulate, aligned;
+    EC_UINT x_stride, up_off;
+    float eps;
+};
+/* bias dtype; W rows per workgroup; x vectors (M, at most 8); input transform (0 none, 1 RMSNorm, 2 silu-gated);
+ * the RMSNorm weight's dtype */
+#define EC_MATVEC_SPEC(X) X(2, BTYPE, 0) X(3, ROWS, 16) X(4, NM, 1) X(5, PRE, 0) X(6, GTYPE, 0)
 
 /* ---- add: o[i] = a[i] + alpha * b[(b_start + i) % nb] ---- */
 struct ec_add_push {
@@ -72,6 +83,14 @@ struct ec_rope_push {
     EC_UINT tokens, n_heads, head_dim, rot_dim, x_off, row_stride;
 };
 #define EC_ROPE_SPEC(X)
+
+/* ---- rope_kv: RoPE on q and k of T rows of the fused qkv projection, q into q_out, k and v into the
+ * KV cache (in its dtype, specialization constant 1); offsets and strides in values of each buffer ---- */
+struct ec_rope_kv_push {
+    EC_UINT T, Hq, Hkv, head_dim, rot_dim;
+    EC_UINT src_off, src_row, cs_off, q_off, q_row, kv_off, kv_row;
+};
+#define EC_ROPE_KV_SPEC(X)
 
 /* ---- attention: online-softmax SDPA with grouped-query heads ---- */
 struct ec_attention_push {
@@ -166,7 +185,9 @@ EC_SPEC_STRUCT(norm, EC_NORM_SPEC)
 EC_SPEC_STRUCT(activation, EC_ACTIVATION_SPEC)
 EC_SPEC_STRUCT(softmax, EC_SOFTMAX_SPEC)
 EC_SPEC_STRUCT(rope, EC_ROPE_SPEC)
+EC_SPEC_STRUCT(rope_kv, EC_ROPE_KV_SPEC)
 EC_SPEC_STRUCT(attention, EC_ATTENTION_SPEC)
+EC_SPEC_STRUCT(attention_tiled, EC_ATTENTION_SPEC)  /* attention_tiled.comp: attention's push and constants */
 EC_SPEC_STRUCT(attention_decode, EC_ATTENTION_DECODE_SPEC)
 EC_SPEC_STRUCT(attention_combine, EC_ATTENTION_COMBINE_SPEC)
 EC_SPEC_STRUCT(embedding, EC_EMBEDDING_SPEC)

@@ -214,6 +214,54 @@ def test_rope_on_a_column_range_of_fused_qkv():
     close(t.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("T,H,Hkv,D,rot", [(1, 4, 4, 16, 16), (3, 14, 2, 8, 8), (5, 2, 1, 96, 64)])
+def test_rope_kv_rotates_q_and_appends_k_v_to_the_cache(kv_dtype, T, H, Hkv, D, rot):
+    # One sequence's T new rows of q | k | v: q rotated into q_out, k rotated and v copied into cache rows
+    # 4 .. 4 + T (rows before and after untouched), in the cache's dtype.
+    qkv = rand(T, (H + 2 * Hkv) * D)
+    ang = (4 + np.arange(T))[:, None] * (1.0 / (10000 ** (np.arange(0, rot, 2) / rot)))[None]
+    table = np.concatenate([np.cos(ang), np.sin(ang)], 1).astype(np.float32)
+    cache0 = rand(12, 2 * Hkv * D).astype(kv_dtype)
+    q, cache = empty((T, H * D)), tensor(cache0, kv_dtype)
+    core.op_rope_kv(tensor(qkv), tensor(table), H, Hkv, D, rot, q, cache, 4)
+    cos, sin = table[:, :rot // 2], table[:, rot // 2:]
+    close(q.numpy(), rope_reference(qkv[:, :H * D], cos, sin, H, D, rot), rtol=1e-5, atol=1e-5)
+    k = rope_reference(qkv[:, H * D:(H + Hkv) * D], cos, sin, Hkv, D, rot)
+    want = cache0.astype(np.float64)
+    want[4:4 + T] = np.concatenate([k, qkv[:, (H + Hkv) * D:]], 1)
+    got = cache.numpy().astype(np.float64)
+    if kv_dtype == "float16":  # rounded once, from the f32 result: at most half an f16 ulp from the exact value
+        close(got, want, rtol=2 ** -11, atol=1e-6)
+    else:
+        close(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[:4], cache0[:4])
+    np.testing.assert_array_equal(got[4 + T:], cache0[4 + T:])
+
+
+@pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
+@pytest.mark.parametrize("M,K,N,bias", [(1, 64, 40, False), (3, 96, 33, True), (1, 37, 20, True), (12, 64, 24, False)])
+def test_rmsnorm_matmul(dtype, M, K, N, bias):
+    # Decode (M <= 8): the norm inside the mat-vec; aligned and unaligned K; M = 12: rmsnorm then the GEMM.
+    x, g, w, b, y0 = rand(M, K, scale=2), rand(K), rand(N, K, scale=0.1), rand(N), rand(M, N)
+    y = tensor(y0)
+    core.op_rmsnorm_matmul(tensor(x), tensor(g, dtype), 1e-5, empty((M, K)), tensor(w, dtype), tensor(b, dtype) if bias else None,
+                           y, True)
+    xd = x.astype(np.float64)
+    h = xd / np.sqrt((xd ** 2).mean(-1, keepdims=True) + 1e-5) * rounded(g, dtype)
+    want = y0 + h @ rounded(w, dtype).T + (rounded(b, dtype) if bias else 0)
+    close(y.numpy(), want, rtol=1e-4, atol=1e-5 * math.sqrt(K))
+
+
+@pytest.mark.parametrize("M,F,N", [(1, 48, 40), (2, 13, 24), (12, 48, 8)])
+def test_silu_mul_matmul(M, F, N):
+    gu, w = rand(M, 2 * F, scale=2), rand(N, F, scale=0.1)
+    y = empty((M, N))
+    core.op_silu_mul_matmul(tensor(gu), empty((M, F)), tensor(w, "bfloat16"), y)
+    g, u = gu[:, :F].astype(np.float64), gu[:, F:].astype(np.float64)
+    close(y.numpy(), (g / (1 + np.exp(-g)) * u) @ rounded(w, "bfloat16").T, rtol=1e-4, atol=1e-5 * math.sqrt(F))
+
+
 def attention_reference(q, k, v, lens, B, T, S, H, Hkv, D, causal, scale):
     out = np.zeros((B * T, H * D))
     for b in range(B):

@@ -13,15 +13,17 @@
 
 #define KERNEL(name, bindings, push) {#name, ec_spv_##name, sizeof ec_spv_##name, bindings, sizeof(struct ec_##push##_push)}
 enum { K_matmul, K_matvec, K_add, K_norm, K_activation, K_softmax, K_rope, K_attention, K_embedding,
-       K_copy2d, K_pool2d, K_argmax, K_patchify, K_peak_fma, K_attention_decode, K_attention_combine, K_copy2d_f16 };
+       K_copy2d, K_pool2d, K_argmax, K_patchify, K_peak_fma, K_attention_decode, K_attention_combine, K_copy2d_f16,
+       K_rope_kv, K_attention_tiled };
 const ec_kernel_def ec_kernels[] = {
-    KERNEL(matmul, "STTS", matmul),   KERNEL(matvec, "TTTS", matmul),       KERNEL(add, "SSS", add),
+    KERNEL(matmul, "STTS", matmul),   KERNEL(matvec, "TTTST", matvec),       KERNEL(add, "SSS", add),
     KERNEL(norm, "STTS", norm),       KERNEL(activation, "SSS", activation), KERNEL(softmax, "SS", softmax),
     KERNEL(rope, "SS", rope),         KERNEL(attention, "STTSS", attention), KERNEL(embedding, "STS", embedding),
     KERNEL(copy2d, "SS", copy2d),     KERNEL(pool2d, "SS", pool2d),         KERNEL(argmax, "SS", argmax),
     KERNEL(patchify, "SS", patchify), KERNEL(peak_fma, "S", peak_fma),
     KERNEL(attention_decode, "STTSS", attention_decode), KERNEL(attention_combine, "SS", attention_combine),
-    KERNEL(copy2d_f16, "SS", copy2d),
+    KERNEL(copy2d_f16, "SS", copy2d), KERNEL(rope_kv, "SSSS", rope_kv),
+    KERNEL(attention_tiled, "STTSS", attention),
 };
 const int ec_kernel_count = sizeof ec_kernels / sizeof ec_kernels[0];
 
@@ -45,12 +47,12 @@ static ec_status pipeline_get(ec_context *ctx, int kernel, ec_spec_words spec, e
             return ec_fail(EC_ERR_ARG, "internal: a %s pipeline dispatched as %s", ec_kernels[p->kernel].name, #k); \
         return ec_dispatch(ctx, p, bind, pc, gx, gy, gz);                                                      \
     }
-DISPATCHER(matmul, matmul) DISPATCHER(matvec, matmul) DISPATCHER(add, add) DISPATCHER(norm, norm)
+DISPATCHER(matmul, matmul) DISPATCHER(matvec, matvec) DISPATCHER(add, add) DISPATCHER(norm, norm)
 DISPATCHER(activation, activation) DISPATCHER(softmax, softmax) DISPATCHER(rope, rope)
 DISPATCHER(attention, attention) DISPATCHER(embedding, embedding) DISPATCHER(copy2d, copy2d)
 DISPATCHER(pool2d, pool2d) DISPATCHER(argmax, argmax) DISPATCHER(patchify, patchify) DISPATCHER(peak_fma, peak_fma)
 DISPATCHER(attention_decode, attention_decode) DISPATCHER(attention_combine, attention_combine)
-DISPATCHER(copy2d_f16, copy2d)
+DISPATCHER(copy2d_f16, copy2d) DISPATCHER(rope_kv, rope_kv) DISPATCHER(attention_tiled, attention)
 
 /* ------------------------------------------------------------------------------------------------
  * Device-dependent shapes of the work: lavapipe runs each workgroup as a loop on a CPU core, so it
@@ -127,12 +129,14 @@ ec_cols ec_whole(ec_tensor *t)
 
 #define MATVEC_MAX_ROWS 8
 
-ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate)
+/* The shapes of y[M,N] = x[M,K] w[N,K]^T + bias: x is M rows of K values (its tensor's own shape, or for a
+ * transformed input the caller's M and K). */
+static ec_status check_matmul(ec_context *ctx, ec_tensor *x, int64_t M, int64_t K, ec_tensor *w, ec_tensor *bias, ec_tensor *y)
 {
     EC_TRY(need_f32(x, "matmul input x")); EC_TRY(need_weight(w, "matmul weight")); EC_TRY(need_f32(y, "matmul output y"));
     EC_TRY(need_same_context(ctx, x)); EC_TRY(need_same_context(ctx, w)); EC_TRY(need_same_context(ctx, y));
     if (w->ndim != 2) return ec_fail(EC_ERR_ARG, "matmul weight must be 2-D [N, K], not %d-D", w->ndim);
-    int64_t M = rows_of(x), K = last_dim(x), N = w->shape[0];
+    int64_t N = w->shape[0];
     if (w->shape[1] != K)
         return ec_fail(EC_ERR_ARG, "matmul: x has %lld columns but the weight is [%lld, %lld]", (long long)K,
                        (long long)w->shape[0], (long long)w->shape[1]);
@@ -143,9 +147,83 @@ ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *b
         if (ec_numel(bias) != N) return ec_fail(EC_ERR_ARG, "matmul: bias has %lld values, the output %lld columns",
                                                 (long long)ec_numel(bias), (long long)N);
     }
-    if (M == 0 || N == 0) return EC_OK;
     if ((uint64_t)M * K > UINT32_MAX || (uint64_t)N * K > UINT32_MAX || (uint64_t)M * N > UINT32_MAX)
         return ec_fail(EC_ERR_ARG, "matmul: operands of more than 2^32 elements");
+    return EC_OK;
+}
+
+/* Whether M rows take the mat-vec (decode) rather than the GEMM. */
+static int use_matvec(ec_context *ctx, int64_t M, int64_t N)
+{
+    return M <= MATVEC_MAX_ROWS && rows_per_binding(ctx, (uint64_t)N) >= (uint64_t)M;
+}
+
+/* The mat-vec: x rows of x_stride values through x's texel view (rows start on a texel whenever the
+ * stride is a whole number of texels), made into the input by PRE (shaders/matvec.comp). */
+static ec_status matvec(ec_context *ctx, ec_tensor *x, int64_t M, int64_t K, uint32_t x_stride, uint32_t up_off, uint32_t pre,
+                        ec_tensor *g, float eps, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate)
+{
+    int64_t N = w->shape[0];
+    if (M == 0 || N == 0) return EC_OK;
+    const uint32_t rows_per_group = 16;
+    uint32_t per_texel = w->dtype == EC_F32 ? 4 : 8;
+    ec_binding bind[5];
+    EC_TRY(ec_bind_texel(x, &bind[0]));
+    EC_TRY(ec_bind_texel(w, &bind[1]));
+    EC_TRY(ec_bind_texel(bias ? bias : w, &bind[2]));
+    EC_TRY(ec_bind_texel(g ? g : w, &bind[4]));
+    struct ec_matvec_push pc = {.M = (uint32_t)M, .N = (uint32_t)N, .K = (uint32_t)K, .has_bias = bias != NULL,
+                                .accumulate = accumulate != 0, .x_stride = x_stride, .up_off = up_off, .eps = eps,
+                                .aligned = K % per_texel == 0 && x_stride % 4 == 0 && up_off % 4 == 0};
+    EC_TRY(bind_span(y, 0, (uint64_t)M * N, &bind[3], &pc.y_off));
+    ec_pipeline *p;
+    EC_TRY(PIPELINE(matvec, &p, .width = ctx->info.subgroup_size, .wtype = wtype(w), .BTYPE = bias ? wtype(bias) : 0,
+                    .ROWS = rows_per_group, .NM = (uint32_t)M, .PRE = pre, .GTYPE = g ? wtype(g) : 0));
+    return dispatch_matvec(ctx, p, bind, &pc, (uint32_t)((N + rows_per_group - 1) / rows_per_group), 1, 1);
+}
+
+static ec_status gemm(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate);
+
+ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate)
+{
+    EC_TRY(need_f32(x, "matmul input x"));
+    int64_t M = rows_of(x), K = last_dim(x);
+    EC_TRY(check_matmul(ctx, x, M, K, w, bias, y));
+    if (M == 0 || w->shape[0] == 0) return EC_OK;
+    if (use_matvec(ctx, M, w->shape[0])) return matvec(ctx, x, M, K, (uint32_t)K, 0, 0, NULL, 0.0f, w, bias, y, accumulate);
+    return gemm(ctx, x, w, bias, y, accumulate);
+}
+
+ec_status ec_op_rmsnorm_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *g, float eps, ec_tensor *h, ec_tensor *w,
+                               ec_tensor *bias, ec_tensor *y, int accumulate)
+{
+    EC_TRY(need_f32(x, "rmsnorm_matmul input x"));
+    int64_t M = rows_of(x), K = last_dim(x);
+    EC_TRY(check_matmul(ctx, x, M, K, w, bias, y));
+    EC_TRY(need_weight(g, "rmsnorm weight")); EC_TRY(need_same_context(ctx, g));
+    if (ec_numel(g) != K) return ec_fail(EC_ERR_ARG, "rmsnorm: weight has %lld values for rows of %lld", (long long)ec_numel(g), (long long)K);
+    if (M == 0 || w->shape[0] == 0) return EC_OK;
+    if (use_matvec(ctx, M, w->shape[0])) return matvec(ctx, x, M, K, (uint32_t)K, 0, 1, g, eps, w, bias, y, accumulate);
+    EC_TRY(ec_op_rmsnorm(ctx, x, g, eps, h));
+    return ec_op_matmul(ctx, h, w, bias, y, accumulate);
+}
+
+ec_status ec_op_silu_mul_matmul(ec_context *ctx, ec_tensor *gate_up, ec_tensor *act, ec_tensor *w, ec_tensor *y, int accumulate)
+{
+    EC_TRY(need_f32(gate_up, "silu_mul_matmul input"));
+    int64_t M = rows_of(gate_up), F = last_dim(gate_up) / 2;
+    if (last_dim(gate_up) % 2) return ec_fail(EC_ERR_ARG, "silu_mul_matmul: gate | up has an odd number of columns");
+    EC_TRY(check_matmul(ctx, gate_up, M, F, w, NULL, y));
+    if (M == 0 || w->shape[0] == 0) return EC_OK;
+    if (use_matvec(ctx, M, w->shape[0])) return matvec(ctx, gate_up, M, F, (uint32_t)(2 * F), (uint32_t)F, 2, NULL, 0.0f, w, NULL, y, accumulate);
+    ec_cols gate = {gate_up, 0, (size_t)(2 * F)}, up = {gate_up, (size_t)F, (size_t)(2 * F)};
+    EC_TRY(ec_op_silu_mul(ctx, gate, up, act));
+    return ec_op_matmul(ctx, act, w, NULL, y, accumulate);
+}
+
+static ec_status gemm(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate)
+{
+    int64_t M = rows_of(x), K = last_dim(x), N = w->shape[0];
     ec_binding bind[4];
     EC_TRY(ec_bind_texel(w, &bind[1]));
     EC_TRY(ec_bind_texel(bias ? bias : w, &bind[2]));
@@ -153,17 +231,6 @@ ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *b
     struct ec_matmul_push pc = {.N = (uint32_t)N, .K = (uint32_t)K, .has_bias = bias != NULL,
                                 .accumulate = accumulate != 0, .aligned = K % per_texel == 0};
     ec_pipeline *p;
-
-    if (M <= MATVEC_MAX_ROWS && rows_per_binding(ctx, N) >= (uint64_t)M) {
-        /* x through its texel view: rows of x start on a texel whenever K is a whole number of texels. */
-        const uint32_t rows_per_group = 16;
-        EC_TRY(PIPELINE(matvec, &p, .width = ctx->info.subgroup_size, .wtype = wtype(w), .BTYPE = bias ? wtype(bias) : 0,
-                        .ROWS = rows_per_group, .NM = (uint32_t)M));
-        EC_TRY(ec_bind_texel(x, &bind[0]));
-        EC_TRY(bind_span(y, 0, (uint64_t)M * N, &bind[3], &pc.y_off));
-        pc.M = (uint32_t)M;
-        return dispatch_matvec(ctx, p, bind, &pc, (uint32_t)((N + rows_per_group - 1) / rows_per_group), 1, 1);
-    }
 
     const uint32_t TM = 8, TN = 8;
     uint32_t width = is_cpu(ctx) ? ctx->info.subgroup_size : 64;
@@ -343,6 +410,46 @@ ec_status ec_op_rope(ec_context *ctx, ec_cols x, int64_t tokens, int n_heads, in
     return dispatch_rope(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)tokens * n_heads * (rot_dim / 2), width), 1, 1);
 }
 
+static ec_status check_kv(ec_cols c, int64_t rows, int64_t cols, const char *what);
+
+ec_status ec_op_rope_kv(ec_context *ctx, ec_cols qkv, int64_t tokens, int n_heads, int n_kv_heads, int head_dim, int rot_dim,
+                        ec_cols cos_sin, ec_cols q_out, ec_cols kv)
+{
+    if (n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || head_dim % 2)
+        return ec_fail(EC_ERR_ARG, "rope_kv: %d query and %d key/value heads of %d values (an even number)", n_heads, n_kv_heads, head_dim);
+    if (rot_dim <= 0 || rot_dim > head_dim || rot_dim % 2)
+        return ec_fail(EC_ERR_ARG, "rope_kv: rotary dimension %d must be even and at most the head dimension %d", rot_dim, head_dim);
+    int64_t q_dim = (int64_t)n_heads * head_dim, kv_dim = (int64_t)n_kv_heads * head_dim;
+    EC_TRY(check_cols(qkv, tokens, q_dim + 2 * kv_dim, "rope_kv qkv"));
+    EC_TRY(check_cols(cos_sin, tokens, rot_dim, "rope_kv cos/sin table"));
+    EC_TRY(check_cols(q_out, tokens, q_dim, "rope_kv q output"));
+    EC_TRY(check_kv(kv, tokens, 2 * kv_dim, "rope_kv cache"));
+    if (kv.t->dtype == EC_F16 && (kv.off % 2 || kv.stride % 2))
+        return ec_fail(EC_ERR_ARG, "rope_kv: an f16 cache's offset and row stride must be even");
+    if (tokens == 0) return EC_OK;
+    ec_pipeline *p;
+    uint32_t width = pointwise_width(ctx);
+    EC_TRY(PIPELINE(rope_kv, &p, .width = width, .wtype = wtype(kv.t)));
+    ec_binding bind[4];
+    struct ec_rope_kv_push pc = {.T = (uint32_t)tokens, .Hq = (uint32_t)n_heads, .Hkv = (uint32_t)n_kv_heads,
+                                 .head_dim = (uint32_t)head_dim, .rot_dim = (uint32_t)rot_dim, .src_row = (uint32_t)qkv.stride,
+                                 .q_row = (uint32_t)q_out.stride, .kv_row = (uint32_t)kv.stride};
+    uint64_t n = (uint64_t)(tokens - 1);
+    EC_TRY(bind_span(qkv.t, qkv.off, n * qkv.stride + (uint64_t)(q_dim + 2 * kv_dim), &bind[0], &pc.src_off));
+    EC_TRY(bind_span(cos_sin.t, cos_sin.off, n * cos_sin.stride + (uint64_t)rot_dim, &bind[1], &pc.cs_off));
+    EC_TRY(bind_span(q_out.t, q_out.off, n * q_out.stride + (uint64_t)q_dim, &bind[2], &pc.q_off));
+    if (kv.t->dtype == EC_F16) {
+        /* The cache in 32-bit words (two f16 values each); kv_off counts f16 values from the binding. */
+        uint32_t word;
+        EC_TRY(bind_span(kv.t, kv.off / 2, (n * kv.stride + (uint64_t)(2 * kv_dim)) / 2, &bind[3], &word));
+        pc.kv_off = 2 * word;
+    } else {
+        EC_TRY(bind_span(kv.t, kv.off, n * kv.stride + (uint64_t)(2 * kv_dim), &bind[3], &pc.kv_off));
+    }
+    uint64_t items = (uint64_t)tokens * (uint64_t)(n_heads + 2 * n_kv_heads) * (uint64_t)(head_dim / 2);
+    return dispatch_rope_kv(ctx, p, bind, &pc, groups_for(ctx, items, width), 1, 1);
+}
+
 /* K and V: the same dtype, f32 or f16 (the KV cache's), with k/v rows as column ranges counted in that dtype. */
 static ec_status check_kv(ec_cols c, int64_t rows, int64_t cols, const char *what)
 {
@@ -427,7 +534,12 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
 
     ec_pipeline *p;
     uint32_t width = ctx->info.subgroup_size;
-    EC_TRY(PIPELINE(attention, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D));
+    /* Many queries on a CPU device: the tiled kernel (attention_tiled.comp: blocks of 8 queries x 4 keys per
+     * lane, one subgroup per workgroup, as lavapipe runs it); otherwise one query per lane. */
+    int tiled = is_cpu(ctx) && D % 4 == 0 && a->k.off % 4 == 0 && a->v.off % 4 == 0 && a->k.stride % 4 == 0 &&
+                (S * a->k.stride) % 4 == 0;
+    if (tiled) EC_TRY(PIPELINE(attention_tiled, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D));
+    else EC_TRY(PIPELINE(attention, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D));
     struct ec_attention_push pc = {
         .T = (uint32_t)T, .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .causal = a->causal != 0,
         .q_row = (uint32_t)a->q.stride, .q_seq = (uint32_t)(T * a->q.stride),
@@ -435,6 +547,7 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
         .o_row = (uint32_t)a->out.stride, .o_seq = (uint32_t)(T * a->out.stride), .scale = a->scale};
     EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B * T - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
     EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B * T - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));
+    if (tiled) return dispatch_attention_tiled(ctx, p, bind, &pc, (uint32_t)((T + 7) / 8), (uint32_t)H, (uint32_t)B);
     return dispatch_attention(ctx, p, bind, &pc, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)B);
 }
 

@@ -157,6 +157,55 @@ static PyObject *op_rope(PyObject *self, PyObject *args)
     RUN_OP(ctx, ec_op_rope(ctx, c, tokens, heads, dim, rot, tc), x, cs);
 }
 
+/* op_rope_kv(qkv, cos_sin, n_heads, n_kv_heads, head_dim, rot_dim, q_out, kv, kv_row0): qkv [T, (H + 2 Hkv) D];
+ * q_out [T, H D]; kv [rows, 2 Hkv D] (f32 or f16), written from row kv_row0. */
+static PyObject *op_rope_kv(PyObject *self, PyObject *args)
+{
+    PyObject *x, *cs, *q, *kv;
+    int heads, kv_heads, dim, rot;
+    Py_ssize_t row0;
+    if (!PyArg_ParseTuple(args, "OOiiiiOOn", &x, &cs, &heads, &kv_heads, &dim, &rot, &q, &kv, &row0)) return NULL;
+    ec_tensor *tx = TENSOR(x), *tc = tx ? TENSOR(cs) : NULL, *tq = tc ? TENSOR(q) : NULL, *tk = tq ? TENSOR(kv) : NULL;
+    if (!tk) return NULL;
+    if (row0 < 0) return PyErr_Format(PyExc_ValueError, "negative cache row");
+    ec_context *ctx = ctx_or_null();
+    if (!ctx) return NULL;
+    ec_cols src = ec_whole(tx), table = ec_whole(tc), qo = ec_whole(tq), dst = ec_whole(tk);
+    dst.off = (size_t)row0 * dst.stride;
+    int64_t tokens = tx->ndim > 1 ? tx->shape[0] : 1;
+    RUN_OP(ctx, ec_op_rope_kv(ctx, src, tokens, heads, kv_heads, dim, rot, table, qo, dst), x, cs, q, kv);
+}
+
+/* op_rmsnorm_matmul(x, g, eps, h, w, bias, y, accumulate=False) */
+static PyObject *op_rmsnorm_matmul(PyObject *self, PyObject *args)
+{
+    PyObject *x, *g, *h, *w, *b, *y;
+    float eps;
+    int accumulate = 0;
+    if (!PyArg_ParseTuple(args, "OOfOOOO|p", &x, &g, &eps, &h, &w, &b, &y, &accumulate)) return NULL;
+    ec_tensor *tx = TENSOR(x), *tg = tx ? TENSOR(g) : NULL, *th = tg ? TENSOR(h) : NULL, *tw = th ? TENSOR(w) : NULL;
+    ec_tensor *ty = tw ? TENSOR(y) : NULL;
+    if (!ty) return NULL;
+    ec_tensor *tb = TENSOR_OR_NONE(b);
+    if (PyErr_Occurred()) return NULL;
+    ec_context *ctx = ctx_or_null();
+    if (!ctx) return NULL;
+    RUN_OP(ctx, ec_op_rmsnorm_matmul(ctx, tx, tg, eps, th, tw, tb, ty, accumulate), x, g, h, w, b, y);
+}
+
+/* op_silu_mul_matmul(gate_up, act, w, y, accumulate=False) */
+static PyObject *op_silu_mul_matmul(PyObject *self, PyObject *args)
+{
+    PyObject *gu, *act, *w, *y;
+    int accumulate = 0;
+    if (!PyArg_ParseTuple(args, "OOOO|p", &gu, &act, &w, &y, &accumulate)) return NULL;
+    ec_tensor *tgu = TENSOR(gu), *ta = tgu ? TENSOR(act) : NULL, *tw = ta ? TENSOR(w) : NULL, *ty = tw ? TENSOR(y) : NULL;
+    if (!ty) return NULL;
+    ec_context *ctx = ctx_or_null();
+    if (!ctx) return NULL;
+    RUN_OP(ctx, ec_op_silu_mul_matmul(ctx, tgu, ta, tw, ty, accumulate), gu, act, w, y);
+}
+
 /* op_attention(q, k, v, out, lengths, batch, tokens, kv_rows, n_heads, n_kv_heads, head_dim, causal, scale
  *              [, partials, splits, max_len])
  * with q/out [B*T, H*D], k/v [B*kv_rows, Hkv*D]; the last three only matter for decode (T = 1). */
@@ -322,6 +371,9 @@ PyMethodDef ec_py_ops_methods[] = {
     {"op_attention", op_attention, METH_VARARGS, "op_attention(q, k, v, out, lengths, B, T, kv_rows, H, Hkv, D, causal, scale[, partials, splits, max_len])"},
     {"op_embedding", op_embedding, METH_VARARGS, "op_embedding(ids, table, out)"},
     {"op_copy", op_copy, METH_VARARGS, "op_copy(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols)"},
+    {"op_rope_kv", op_rope_kv, METH_VARARGS, "op_rope_kv(qkv, cos_sin, H, Hkv, D, rot_dim, q_out, kv, kv_row0)"},
+    {"op_rmsnorm_matmul", op_rmsnorm_matmul, METH_VARARGS, "op_rmsnorm_matmul(x, g, eps, h, w, bias, y, accumulate=False)"},
+    {"op_silu_mul_matmul", op_silu_mul_matmul, METH_VARARGS, "op_silu_mul_matmul(gate_up, act, w, y, accumulate=False)"},
     {"op_copy_to_f16", op_copy_to_f16, METH_VARARGS, "op_copy_to_f16(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols)"},
     {"op_concat", op_concat, METH_VARARGS, "op_concat([a, b, ...], out): along the last axis"},
     {"op_pool2d", op_pool2d, METH_VARARGS, "op_pool2d(x, batch, h, w, oh, ow, y): adaptive average pooling"},
