@@ -121,7 +121,7 @@ def stages(dtype, views, d_llm, layers_run, rng, reps=1):
 
     def connector():
         core.op_matmul(cat, w_p0, b_p, y0)
-        core.op_activation("gelu_erf", y0, y0)
+        core.op_activation("gelu", y0, y0)
         core.op_matmul(y0, w_p1, b_p, y1)
 
     qkvo = 2 * M * D * D * 4
