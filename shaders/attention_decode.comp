@@ -45,7 +45,7 @@ void main()
 {
     const uint width = gl_WorkGroupSize.x, CH = (C8 + width - 1) / width;  // chunks per lane
     uint lane = gl_LocalInvocationID.x;
-    uint split = gl_WorkGroupID.x, hk = gl_WorkGroupID.y, b = gl_WorkGroupID.z;
+    uint split = gl_WorkGroupID.x, hk = gl_WorkGroupID.y, b = p.b0 + gl_WorkGroupID.z;
     uint len = uint(max(lens[b], 0));
     uint s0 = split * p.split_len, s1 = min(s0 + p.split_len, len);
     uint align = WTYPE == W_F32 ? 4u : 8u;
@@ -69,7 +69,7 @@ void main()
         l[g] = 0.0;
     }
 
-    uint kb = p.k_off + b * p.kv_seq + hk * D, vb = p.v_off + b * p.kv_seq + hk * D;
+    uint kb = p.k_off + (b - p.b0) * p.kv_seq + hk * D, vb = p.v_off + (b - p.b0) * p.kv_seq + hk * D;  // views start at b0
     for (uint s = s0; s < s1; s++) {
         vec4 klo[CH], khi[CH], vlo[CH], vhi[CH];
         [[unroll]] for (uint c = 0; c < CH; c++) {

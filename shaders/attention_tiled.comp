@@ -38,7 +38,7 @@ void main()
 {
     const uint width = gl_WorkGroupSize.x, CH = (D4 + width - 1) / width, KB = width * TN;
     uint lane = gl_SubgroupInvocationID;
-    uint t0 = gl_WorkGroupID.x * TQ, h = gl_WorkGroupID.y, b = gl_WorkGroupID.z;
+    uint t0 = gl_WorkGroupID.x * TQ, h = gl_WorkGroupID.y, b = p.b0 + gl_WorkGroupID.z;
     uint hk = h / (p.Hq / p.Hkv);
     int len = lens[b];
 
@@ -60,7 +60,7 @@ void main()
         l[i] = 0.0;
     }
 
-    uint kv_head = b * p.kv_seq + hk * D;
+    uint kv_head = (b - p.b0) * p.kv_seq + hk * D;  // the K/V views start at sequence b0
     for (int s0 = 0; s0 <= wg_last; s0 += int(KB)) {
         // Scores of this lane's TN keys (rows past the sequence read its last row, then are masked).
         float sc[TQ][TN];

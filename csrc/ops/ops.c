@@ -58,10 +58,10 @@ DISPATCHER(copy2d_f16, copy2d) DISPATCHER(rope_kv, rope_kv) DISPATCHER(attention
  * Device-dependent shapes of the work: lavapipe runs each workgroup as a loop on a CPU core, so it
  * wants few, narrow (one 8-lane subgroup) workgroups; GPUs want many. */
 
-static int is_cpu(ec_context *ctx) { return strcmp(ctx->info.type, "cpu") == 0; }
-static uint32_t reduce_width(ec_context *ctx) { return is_cpu(ctx) ? ctx->info.subgroup_size : 256; }
-static uint32_t pointwise_width(ec_context *ctx) { return is_cpu(ctx) ? 64 : 256; }
-static uint32_t grid_limit(ec_context *ctx) { return is_cpu(ctx) ? 64 : 65535; }
+static int is_cpu(ec_context *ctx) { return ec_cpu_shapes(ctx); }
+static uint32_t reduce_width(ec_context *ctx) { return ec_reduce_width(ctx); }
+static uint32_t pointwise_width(ec_context *ctx) { return ec_pointwise_width(ctx); }
+static uint32_t grid_limit(ec_context *ctx) { return ec_grid_limit(ctx); }
 
 static uint32_t groups_for(ec_context *ctx, uint64_t items, uint32_t per_group)
 {
@@ -158,6 +158,21 @@ static int use_matvec(ec_context *ctx, int64_t M, int64_t N)
     return M <= MATVEC_MAX_ROWS && rows_per_binding(ctx, (uint64_t)N) >= (uint64_t)M;
 }
 
+/* A weight past the device's texel reach (maxTexelBufferElements) is read in pieces of whole rows, each
+ * through its own view; each piece writes its columns of y. *rows: rows of W per piece. */
+static ec_status weight_pieces(ec_context *ctx, ec_tensor *w, uint64_t *rows)
+{
+    *rows = (uint64_t)w->shape[0];
+    if (ec_texel_fits(w)) return EC_OK;
+    size_t row_bytes = (size_t)w->shape[1] * ec_dtype_size(w->dtype);
+    uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
+    *rows = row_bytes ? (ec_texel_reach(ctx) - align) / row_bytes : *rows;
+    if (*rows == 0)
+        return ec_fail(EC_ERR_ARG, "matmul: one weight row of %zu bytes exceeds the device's texel-buffer reach of %llu bytes",
+                       row_bytes, (unsigned long long)ec_texel_reach(ctx));
+    return EC_OK;
+}
+
 /* The mat-vec: x rows of x_stride values through x's texel view (rows start on a texel whenever the
  * stride is a whole number of texels), made into the input by PRE (shaders/matvec.comp). */
 static ec_status matvec(ec_context *ctx, ec_tensor *x, int64_t M, int64_t K, uint32_t x_stride, uint32_t up_off, uint32_t pre,
@@ -167,19 +182,32 @@ static ec_status matvec(ec_context *ctx, ec_tensor *x, int64_t M, int64_t K, uin
     if (M == 0 || N == 0) return EC_OK;
     const uint32_t rows_per_group = 16;
     uint32_t per_texel = w->dtype == EC_F32 ? 4 : 8;
+    uint64_t pieces_rows, x_skip;
+    size_t row_bytes = (size_t)K * ec_dtype_size(w->dtype);
+    EC_TRY(weight_pieces(ctx, w, &pieces_rows));
     ec_binding bind[5];
-    EC_TRY(ec_bind_texel(x, &bind[0]));
-    EC_TRY(ec_bind_texel(w, &bind[1]));
-    EC_TRY(ec_bind_texel(bias ? bias : w, &bind[2]));
-    EC_TRY(ec_bind_texel(g ? g : w, &bind[4]));
-    struct ec_matvec_push pc = {.M = (uint32_t)M, .N = (uint32_t)N, .K = (uint32_t)K, .has_bias = bias != NULL,
-                                .accumulate = accumulate != 0, .x_stride = x_stride, .up_off = up_off, .eps = eps,
-                                .aligned = K % per_texel == 0 && x_stride % 4 == 0 && up_off % 4 == 0};
+    EC_TRY(ec_bind_texel_range(x, 0, ((uint64_t)(M - 1) * x_stride + (uint64_t)up_off + (uint64_t)K) * 4, &bind[0], &x_skip));
+    if (bias) EC_TRY(ec_bind_texel(bias, &bind[2])); /* without a bias or a norm weight, W's view (unread) */
+    if (g) EC_TRY(ec_bind_texel(g, &bind[4]));
+    struct ec_matvec_push pc = {.M = (uint32_t)M, .K = (uint32_t)K, .has_bias = bias != NULL, .accumulate = accumulate != 0,
+                                .x_off = (uint32_t)(x_skip / 4), .x_stride = x_stride, .up_off = up_off, .eps = eps,
+                                .y_stride = (uint32_t)N};
+    pc.aligned = K % per_texel == 0 && x_stride % 4 == 0 && up_off % 4 == 0 && pc.x_off % 4 == 0;
     EC_TRY(bind_span(y, 0, (uint64_t)M * N, &bind[3], &pc.y_off));
     ec_pipeline *p;
     EC_TRY(PIPELINE(matvec, &p, .width = ctx->info.subgroup_size, .wtype = wtype(w), .BTYPE = bias ? wtype(bias) : 0,
                     .ROWS = rows_per_group, .NM = (uint32_t)M, .PRE = pre, .GTYPE = g ? wtype(g) : 0));
-    return dispatch_matvec(ctx, p, bind, &pc, (uint32_t)((N + rows_per_group - 1) / rows_per_group), 1, 1);
+    for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += pieces_rows) {
+        uint64_t rows = (uint64_t)N - n0 < pieces_rows ? (uint64_t)N - n0 : pieces_rows, skip;
+        EC_TRY(ec_bind_texel_range(w, n0 * row_bytes, rows * row_bytes, &bind[1], &skip));
+        pc.N = (uint32_t)rows;
+        pc.n0 = (uint32_t)n0;
+        pc.w_off = (uint32_t)(skip / ec_dtype_size(w->dtype));
+        if (!bias) bind[2] = bind[1];
+        if (!g) bind[4] = bind[1];
+        EC_TRY(dispatch_matvec(ctx, p, bind, &pc, (uint32_t)((rows + rows_per_group - 1) / rows_per_group), 1, 1));
+    }
+    return EC_OK;
 }
 
 static ec_status gemm(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate);
@@ -225,11 +253,13 @@ static ec_status gemm(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bi
 {
     int64_t M = rows_of(x), K = last_dim(x), N = w->shape[0];
     ec_binding bind[4];
-    EC_TRY(ec_bind_texel(w, &bind[1]));
-    EC_TRY(ec_bind_texel(bias ? bias : w, &bind[2]));
+    if (bias) EC_TRY(ec_bind_texel(bias, &bind[2])); /* without a bias, binding 2 gets W's view (unread) */
     uint32_t per_texel = w->dtype == EC_F32 ? 4 : 8;
-    struct ec_matmul_push pc = {.N = (uint32_t)N, .K = (uint32_t)K, .has_bias = bias != NULL,
-                                .accumulate = accumulate != 0, .aligned = K % per_texel == 0};
+    struct ec_matmul_push pc = {.K = (uint32_t)K, .has_bias = bias != NULL, .accumulate = accumulate != 0,
+                                .aligned = K % per_texel == 0, .y_stride = (uint32_t)N};
+    uint64_t pieces_rows;
+    size_t row_bytes = (size_t)K * ec_dtype_size(w->dtype);
+    EC_TRY(weight_pieces(ctx, w, &pieces_rows));
     ec_pipeline *p;
 
     const uint32_t TM = 8, TN = 8;
@@ -245,8 +275,16 @@ static ec_status gemm(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bi
         EC_TRY(bind_span(x, (uint64_t)r0 * K, (uint64_t)rows * K, &bind[0], &pc.x_off));
         EC_TRY(bind_span(y, (uint64_t)r0 * N, (uint64_t)rows * N, &bind[3], &pc.y_off));
         pc.M = (uint32_t)rows;
-        uint32_t gx = (uint32_t)((N + width * TN - 1) / (width * TN)), gy = (uint32_t)((rows + TM - 1) / TM);
-        EC_TRY(dispatch_matmul(ctx, p, bind, &pc, gx, gy, 1));
+        for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += pieces_rows) {
+            uint64_t cols = (uint64_t)N - n0 < pieces_rows ? (uint64_t)N - n0 : pieces_rows, skip;
+            EC_TRY(ec_bind_texel_range(w, n0 * row_bytes, cols * row_bytes, &bind[1], &skip));
+            pc.N = (uint32_t)cols;
+            pc.n0 = (uint32_t)n0;
+            pc.w_off = (uint32_t)(skip / ec_dtype_size(w->dtype));
+            if (!bias) bind[2] = bind[1];
+            uint32_t gx = (uint32_t)((cols + width * TN - 1) / (width * TN)), gy = (uint32_t)((rows + TM - 1) / TM);
+            EC_TRY(dispatch_matmul(ctx, p, bind, &pc, gx, gy, 1));
+        }
     }
     return EC_OK;
 }
@@ -463,8 +501,39 @@ static ec_status check_kv(ec_cols c, int64_t rows, int64_t cols, const char *wha
     return EC_OK;
 }
 
+/* K and V past the texel reach: groups of whole sequences, each group's K/V through views that start at
+ * its first sequence (a sequence's keys are never split between views). *group: sequences per group. */
+static ec_status kv_groups(ec_context *ctx, const ec_attention_args *a, uint64_t *group)
+{
+    uint64_t es = ec_dtype_size(a->k.t->dtype), seq_elems = (uint64_t)a->kv_rows * a->k.stride;
+    uint64_t span = (uint64_t)(a->kv_rows - 1) * a->k.stride + (uint64_t)a->n_kv_heads * a->head_dim; /* one sequence's K */
+    *group = (uint64_t)a->batch;
+    if (ec_texel_fits(a->k.t) && ec_texel_fits(a->v.t)) return EC_OK;
+    uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
+    uint64_t usable = (ec_texel_reach(ctx) - align - 16) / es;
+    if (span > usable)
+        return ec_fail(EC_ERR_ARG, "attention: the keys of one sequence (%llu bytes) exceed the device's texel-buffer reach "
+                       "of %llu bytes", (unsigned long long)(span * es), (unsigned long long)ec_texel_reach(ctx));
+    *group = 1 + (usable - span) / seq_elems;
+    return EC_OK;
+}
+
+/* Binds K and V of sequences [b0, b0 + n) (bindings 1 and 2); *k_off, *v_off: where sequence b0's rows
+ * start in the views, in values of the cache's dtype. */
+static ec_status bind_kv_group(const ec_attention_args *a, uint64_t b0, uint64_t n, ec_binding *bind, uint32_t *k_off, uint32_t *v_off)
+{
+    uint64_t es = ec_dtype_size(a->k.t->dtype), seq_elems = (uint64_t)a->kv_rows * a->k.stride;
+    uint64_t len = (n - 1) * seq_elems + (uint64_t)(a->kv_rows - 1) * a->k.stride + (uint64_t)a->n_kv_heads * a->head_dim;
+    uint64_t k_skip, v_skip;
+    EC_TRY(ec_bind_texel_range(a->k.t, (a->k.off + b0 * seq_elems) * es, len * es, &bind[1], &k_skip));
+    EC_TRY(ec_bind_texel_range(a->v.t, (a->v.off + b0 * seq_elems) * es, len * es, &bind[2], &v_skip));
+    *k_off = (uint32_t)(k_skip / es);
+    *v_off = (uint32_t)(v_skip / es);
+    return EC_OK;
+}
+
 /* Decode: one query token per sequence, split-K over the keys (shaders/attention_decode.comp). */
-static ec_status attention_decode(ec_context *ctx, const ec_attention_args *a, ec_binding *bind)
+static ec_status attention_decode(ec_context *ctx, const ec_attention_args *a, ec_binding *bind, uint64_t group)
 {
     int64_t B = a->batch, S = a->kv_rows;
     int H = a->n_heads, Hkv = a->n_kv_heads, D = a->head_dim, G = H / Hkv;
@@ -486,20 +555,25 @@ static ec_status attention_decode(ec_context *ctx, const ec_attention_args *a, e
     uint32_t width = ctx->info.subgroup_size;
     EC_TRY(PIPELINE(attention_decode, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D, .G = (uint32_t)G));
     struct ec_attention_decode_push pc = {
-        .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .q_seq = (uint32_t)a->q.stride,
-        .k_off = (uint32_t)a->k.off, .v_off = (uint32_t)a->v.off, .kv_row = (uint32_t)a->k.stride,
+        .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .q_seq = (uint32_t)a->q.stride, .kv_row = (uint32_t)a->k.stride,
         .kv_seq = (uint32_t)(S * a->k.stride), .splits = splits, .split_len = split_len, .scale = a->scale};
     EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
+    uint64_t part_n = (uint64_t)B * H * splits * (D + 2);
     if (splits == 1) {
         pc.o_seq = (uint32_t)a->out.stride;
         EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));
-        return dispatch_attention_decode(ctx, p, bind, &pc, 1, (uint32_t)Hkv, (uint32_t)B);
+    } else {
+        EC_TRY(need_f32(a->partials, "attention partials"));
+        EC_TRY(need_same_context(ctx, a->partials));
+        EC_TRY(bind_span(a->partials, 0, part_n, &bind[4], &pc.o_off));
     }
-    EC_TRY(need_f32(a->partials, "attention partials"));
-    EC_TRY(need_same_context(ctx, a->partials));
-    uint64_t part_n = (uint64_t)B * H * splits * (D + 2);
-    EC_TRY(bind_span(a->partials, 0, part_n, &bind[4], &pc.o_off));
-    EC_TRY(dispatch_attention_decode(ctx, p, bind, &pc, splits, (uint32_t)Hkv, (uint32_t)B));
+    for (uint64_t b0 = 0; b0 < (uint64_t)B; b0 += group) {
+        uint64_t n = (uint64_t)B - b0 < group ? (uint64_t)B - b0 : group;
+        EC_TRY(bind_kv_group(a, b0, n, bind, &pc.k_off, &pc.v_off));
+        pc.b0 = (uint32_t)b0;
+        EC_TRY(dispatch_attention_decode(ctx, p, bind, &pc, splits, (uint32_t)Hkv, (uint32_t)n));
+    }
+    if (splits == 1) return EC_OK;
 
     ec_pipeline *pc2;
     EC_TRY(PIPELINE(attention_combine, &pc2, .width = width, .D = (uint32_t)D));
@@ -517,6 +591,7 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
     if (H <= 0 || Hkv <= 0 || H % Hkv) return ec_fail(EC_ERR_ARG, "attention: %d query heads cannot share %d key/value heads", H, Hkv);
     if (D <= 0 || D > 256) return ec_fail(EC_ERR_ARG, "attention: head dimension %d is outside 1..256", D);
     if (B <= 0 || T <= 0) return EC_OK;
+    if (S <= 0) return ec_fail(EC_ERR_ARG, "attention: no key/value rows");
     EC_TRY(check_cols(a->q, B * T, (int64_t)H * D, "attention q"));
     EC_TRY(check_cols(a->out, B * T, (int64_t)H * D, "attention output"));
     EC_TRY(check_kv(a->k, B * S, (int64_t)Hkv * D, "attention k"));
@@ -526,16 +601,17 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
         return ec_fail(EC_ERR_ARG, "attention: lengths must be an int32 tensor of %lld values", (long long)B);
     if (a->k.stride != a->v.stride) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same row stride");
     if ((uint64_t)B * S * a->k.stride > UINT32_MAX) return ec_fail(EC_ERR_ARG, "attention: k/v of more than 2^32 values");
+    uint64_t group;
+    EC_TRY(kv_groups(ctx, a, &group));
     ec_binding bind[5];
-    EC_TRY(ec_bind_texel(a->k.t, &bind[1]));
-    EC_TRY(ec_bind_texel(a->v.t, &bind[2]));
     EC_TRY(bind_span(a->lengths, 0, (uint64_t)B, &bind[3], NULL));
-    if (T == 1) return attention_decode(ctx, a, bind);
+    if (T == 1) return attention_decode(ctx, a, bind, group);
 
     ec_pipeline *p;
     uint32_t width = ctx->info.subgroup_size;
     /* Many queries on a CPU device: the tiled kernel (attention_tiled.comp: blocks of 8 queries x 4 keys per
-     * lane, one subgroup per workgroup, as lavapipe runs it); otherwise one query per lane. */
+     * lane, one subgroup per workgroup, as lavapipe runs it); otherwise one query per lane. The views of K and
+     * V start on 16-byte boundaries, so a value offset's remainder mod 4 is the same in every view. */
     int tiled = is_cpu(ctx) && D % 4 == 0 && a->k.off % 4 == 0 && a->v.off % 4 == 0 && a->k.stride % 4 == 0 &&
                 (S * a->k.stride) % 4 == 0;
     if (tiled) EC_TRY(PIPELINE(attention_tiled, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D));
@@ -543,12 +619,18 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
     struct ec_attention_push pc = {
         .T = (uint32_t)T, .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .causal = a->causal != 0,
         .q_row = (uint32_t)a->q.stride, .q_seq = (uint32_t)(T * a->q.stride),
-        .k_off = (uint32_t)a->k.off, .v_off = (uint32_t)a->v.off, .kv_row = (uint32_t)a->k.stride, .kv_seq = (uint32_t)(S * a->k.stride),
+        .kv_row = (uint32_t)a->k.stride, .kv_seq = (uint32_t)(S * a->k.stride),
         .o_row = (uint32_t)a->out.stride, .o_seq = (uint32_t)(T * a->out.stride), .scale = a->scale};
     EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B * T - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
     EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B * T - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));
-    if (tiled) return dispatch_attention_tiled(ctx, p, bind, &pc, (uint32_t)((T + 7) / 8), (uint32_t)H, (uint32_t)B);
-    return dispatch_attention(ctx, p, bind, &pc, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)B);
+    for (uint64_t b0 = 0; b0 < (uint64_t)B; b0 += group) {
+        uint64_t n = (uint64_t)B - b0 < group ? (uint64_t)B - b0 : group;
+        EC_TRY(bind_kv_group(a, b0, n, bind, &pc.k_off, &pc.v_off));
+        pc.b0 = (uint32_t)b0;
+        if (tiled) EC_TRY(dispatch_attention_tiled(ctx, p, bind, &pc, (uint32_t)((T + 7) / 8), (uint32_t)H, (uint32_t)n));
+        else EC_TRY(dispatch_attention(ctx, p, bind, &pc, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)n));
+    }
+    return EC_OK;
 }
 
 ec_status ec_op_embedding(ec_context *ctx, ec_tensor *ids, ec_tensor *table, ec_tensor *out)
@@ -563,11 +645,26 @@ ec_status ec_op_embedding(ec_context *ctx, ec_tensor *ids, ec_tensor *table, ec_
     uint32_t width = pointwise_width(ctx);
     EC_TRY(PIPELINE(embedding, &p, .width = width, .wtype = wtype(table)));
     ec_binding bind[3];
-    struct ec_embedding_push pc = {.n_ids = (uint32_t)T, .dim = (uint32_t)D, .vocab = (uint32_t)V};
+    struct ec_embedding_push pc = {.n_ids = (uint32_t)T, .dim = (uint32_t)D};
     EC_TRY(bind_span(ids, 0, (uint64_t)T, &bind[0], NULL));
-    EC_TRY(ec_bind_texel(table, &bind[1]));
     EC_TRY(bind_span(out, 0, (uint64_t)T * D, &bind[2], &pc.o_off));
-    return dispatch_embedding(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)T * D, width), 1, 1);
+    /* A table past the texel reach is read in pieces of whole rows: each dispatch writes the ids of its piece. */
+    size_t row_bytes = (size_t)D * ec_dtype_size(table->dtype);
+    uint64_t piece = (uint64_t)V;
+    if (!ec_texel_fits(table)) {
+        uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
+        piece = row_bytes ? (ec_texel_reach(ctx) - align) / row_bytes : (uint64_t)V;
+        if (piece == 0) return ec_fail(EC_ERR_ARG, "embedding: one row of %zu bytes exceeds the device's texel-buffer reach", row_bytes);
+    }
+    for (uint64_t v0 = 0; v0 < (uint64_t)V; v0 += piece) {
+        uint64_t rows = (uint64_t)V - v0 < piece ? (uint64_t)V - v0 : piece, skip;
+        EC_TRY(ec_bind_texel_range(table, v0 * row_bytes, rows * row_bytes, &bind[1], &skip));
+        pc.id0 = (uint32_t)v0;
+        pc.vocab = (uint32_t)rows;
+        pc.t_off = (uint32_t)(skip / ec_dtype_size(table->dtype));
+        EC_TRY(dispatch_embedding(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)T * D, width), 1, 1));
+    }
+    return EC_OK;
 }
 
 ec_status ec_op_copy(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols)
@@ -703,12 +800,9 @@ ec_status ec_op_patchify(ec_context *ctx, ec_tensor *pixels, int patch, ec_tenso
 
 ec_status ec_op_zero(ec_context *ctx, ec_tensor *t)
 {
-    EC_TRY(ec_batch_begin(ctx));
-    vkCmdFillBuffer(ctx->cmd, t->mem.buffer, t->mem.offset, t->mem.size, 0);
-    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
-                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
-    vkCmdPipelineBarrier(ctx->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
-    return EC_OK;
+    EC_TRY(need_same_context(ctx, t));
+    /* The barrier tracking orders the fill after earlier dispatches that touch t, and later ones after it. */
+    return ec_fill_zero(ctx, t->mem.buffer, t->mem.offset, t->mem.size);
 }
 
 ec_status ec_op_peak_fma(ec_context *ctx, ec_tensor *out, uint32_t iterations)

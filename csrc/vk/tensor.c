@@ -3,6 +3,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef struct ec_texel_view {
+    VkDeviceSize offset, range; /* bytes of the tensor's allocation */
+    VkBufferView view;
+    struct ec_texel_view *next;
+} ec_texel_view;
+
+struct ec_texel_views { ec_texel_view *list; };
+
 size_t ec_dtype_size(ec_dtype d) { return d == EC_F16 || d == EC_BF16 ? 2 : 4; }
 
 const char *ec_dtype_name(ec_dtype d)
@@ -36,8 +44,10 @@ ec_status ec_tensor_create(ec_context *ctx, ec_dtype dtype, int ndim, const int6
     t->ndim = ndim;
     memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
     t->nbytes = (size_t)(n * ec_dtype_size(dtype));
+    t->views = calloc(1, sizeof *t->views);
+    if (!t->views) { free(t); return ec_fail(EC_ERR_OOM, "out of host memory"); }
     ec_status s = ec_alloc(ctx, t->nbytes, &t->mem);
-    if (s) { free(t); return s; }
+    if (s) { free(t->views); free(t); return s; }
     *out = t;
     return EC_OK;
 }
@@ -48,7 +58,8 @@ void ec_tensor_destroy(ec_tensor *t)
     ec_context *ctx = t->ctx;
     /* Recorded work may still use the memory: finish it before the memory can be handed out again. */
     if (ctx->recording) ec_batch_submit(ctx);
-    if (t->texel_view) vkDestroyBufferView(ctx->device, t->texel_view, NULL);
+    for (ec_texel_view *v = t->views->list, *n; v; v = n) { n = v->next; vkDestroyBufferView(ctx->device, v->view, NULL); free(v); }
+    free(t->views);
     ec_free(ctx, &t->mem);
     free(t);
 }
@@ -81,19 +92,66 @@ ec_status ec_bind_storage_range(const ec_tensor *t, size_t offset, size_t range,
 
 ec_status ec_bind_storage(const ec_tensor *t, ec_binding *b) { return ec_bind_storage_range(t, 0, t->nbytes, b); }
 
-ec_status ec_bind_texel(ec_tensor *t, ec_binding *b)
+uint64_t ec_texel_reach(const ec_context *ctx) { return (uint64_t)ctx->limits.maxTexelBufferElements * 16; }
+
+int ec_texel_fits(const ec_tensor *t) { return t->mem.size <= ec_texel_reach(t->ctx); }
+
+/* The view of [offset, offset + range) of t's allocation, made once. */
+static ec_status view_of(ec_tensor *t, VkDeviceSize offset, VkDeviceSize range, ec_binding *b)
 {
-    if (!t->texel_view) {
-        uint64_t texels = t->mem.size / 16;
-        if (texels > t->ctx->limits.maxTexelBufferElements)
-            return ec_fail(EC_ERR_ARG, "a %zu-byte tensor exceeds the device's texel-buffer reach of %llu bytes",
-                           t->nbytes, (unsigned long long)t->ctx->limits.maxTexelBufferElements * 16);
+    ec_texel_view *v = t->views->list;
+    while (v && !(v->offset == offset && v->range == range)) v = v->next;
+    if (!v) {
+        v = calloc(1, sizeof *v);
+        if (!v) return ec_fail(EC_ERR_OOM, "out of host memory");
         VkBufferViewCreateInfo vi = {.sType = VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO, .buffer = t->mem.buffer,
-                                     .format = VK_FORMAT_R32G32B32A32_UINT, .offset = t->mem.offset, .range = texels * 16};
-        if (vkCreateBufferView(t->ctx->device, &vi, NULL, &t->texel_view) != VK_SUCCESS)
+                                     .format = VK_FORMAT_R32G32B32A32_UINT, .offset = t->mem.offset + offset, .range = range};
+        if (vkCreateBufferView(t->ctx->device, &vi, NULL, &v->view) != VK_SUCCESS) {
+            free(v);
             return ec_fail(EC_ERR_DEVICE, "creating a texel buffer view failed");
+        }
+        v->offset = offset;
+        v->range = range;
+        v->next = t->views->list;
+        t->views->list = v;
     }
     memset(b, 0, sizeof *b);
-    b->texel_view = t->texel_view;
+    b->texel_view = v->view;
+    b->buffer = t->mem.buffer;
+    b->offset = t->mem.offset + offset;
+    b->range = range;
     return EC_OK;
+}
+
+ec_status ec_bind_texel(ec_tensor *t, ec_binding *b)
+{
+    if (!ec_texel_fits(t))
+        return ec_fail(EC_ERR_ARG, "a %zu-byte tensor exceeds the device's texel-buffer reach of %llu bytes "
+                       "(maxTexelBufferElements %u), and this use of it cannot be split", t->nbytes,
+                       (unsigned long long)ec_texel_reach(t->ctx), t->ctx->limits.maxTexelBufferElements);
+    return view_of(t, 0, t->mem.size / 16 * 16, b);
+}
+
+ec_status ec_bind_texel_range(ec_tensor *t, uint64_t offset, uint64_t size, ec_binding *b, uint64_t *skip)
+{
+    if (offset + size > t->mem.size) return ec_fail(EC_ERR_ARG, "a texel view past the end of a %zu-byte tensor", t->nbytes);
+    if (ec_texel_fits(t)) {
+        *skip = offset;
+        return ec_bind_texel(t, b);
+    }
+    uint64_t align = t->ctx->limits.minTexelBufferOffsetAlignment;
+    if (align < 16) align = 16;
+    uint64_t start = offset / align * align;
+    uint64_t end = (offset + size + 15) / 16 * 16;
+    if (end - start > ec_texel_reach(t->ctx))
+        return ec_fail(EC_ERR_ARG, "a %llu-byte piece of a tensor exceeds the device's texel-buffer reach of %llu bytes "
+                       "(maxTexelBufferElements %u)", (unsigned long long)(end - start),
+                       (unsigned long long)ec_texel_reach(t->ctx), t->ctx->limits.maxTexelBufferElements);
+    /* As long a view as fits (fewer distinct views for the pieces of one op), within the allocation. */
+    uint64_t range = ec_texel_reach(t->ctx) / align * align;
+    if (start + range > t->mem.size) range = t->mem.size - start;
+    if (range < end - start) range = end - start;
+    *skip = offset - start;
+    t->ctx->counters.split_views++;
+    return view_of(t, start, range / 16 * 16, b);
 }
