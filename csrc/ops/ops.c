@@ -769,11 +769,18 @@ ec_status ec_op_argmax(ec_context *ctx, ec_tensor *x, ec_tensor *out)
     ec_pipeline *p;
     uint32_t width = reduce_width(ctx);
     EC_TRY(PIPELINE(argmax, &p, .width = width));
-    ec_binding bind[2];
-    struct ec_argmax_push pc = {.rows = (uint32_t)rows, .cols = (uint32_t)cols};
-    EC_TRY(bind_span(x, 0, (uint64_t)rows * cols, &bind[0], &pc.x_off));
-    EC_TRY(ec_bind_storage(out, &bind[1]));
-    return dispatch_argmax(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)rows, 1), 1, 1);
+    /* Rows of x past one storage binding (the logits of many rows over a large vocabulary) go in chunks. */
+    uint64_t chunk = rows_per_binding(ctx, (uint64_t)cols);
+    if (!chunk) return ec_fail(EC_ERR_ARG, "argmax: one row is larger than a storage binding");
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
+        ec_binding bind[2];
+        struct ec_argmax_push pc = {.rows = (uint32_t)n, .cols = (uint32_t)cols};
+        EC_TRY(bind_span(x, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[0], &pc.x_off));
+        EC_TRY(bind_span(out, (uint64_t)r0, (uint64_t)n, &bind[1], &pc.o_off));
+        EC_TRY(dispatch_argmax(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)n, 1), 1, 1));
+    }
+    return EC_OK;
 }
 
 ec_status ec_op_patchify(ec_context *ctx, ec_tensor *pixels, int patch, ec_tensor *out)
