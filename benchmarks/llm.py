@@ -13,10 +13,17 @@ difference). Prefill is arithmetic: GFLOP/s (2 x weights x tokens, plus attentio
     python benchmarks/llm.py                  # small and phi3 shapes
     python benchmarks/llm.py --model qwen2 --layers 4 --profile
     python benchmarks/llm.py --long           # also decode after 512 and 4096 tokens (small shape)
+
+Structured output (eyecare.structured) adds host work per token: the grammar's token mask, applied to
+the logits, and the grammar's step. It is timed on a Phi-3.5-mini-sized vocabulary (a byte-level BPE
+trained here on Python's standard library, as benchmarks/structured_libs.py does, padded to the model's
+32,064 rows) with a judge-style JSON schema, and printed as a fraction of the decode step measured in
+the same run (with the Phi-3.5-mini widths).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -135,7 +142,7 @@ def profile(lm: LanguageModel, rng):
     timed("silu_mul", 0, lambda: core.op_silu_mul(outs["gate_up"], None, act))
 
 
-def run(kind: str, layers: int, prompt: int, new: int, peaks: dict, do_profile: bool = False) -> list[dict]:
+def run(kind: str, layers: int, prompt: int, new: int, peaks: dict, do_profile: bool = False, structured: bool = False) -> list[dict]:
     """Prefill and empty-cache decode of one shape; returns the table rows."""
     rng = np.random.default_rng(0)
     t = time.perf_counter()
@@ -162,6 +169,12 @@ def run(kind: str, layers: int, prompt: int, new: int, peaks: dict, do_profile: 
           f"{device_ms:.1f} ms device, {lm._decoder.dispatches} dispatches")
     if do_profile:
         profile(lm, rng)
+    if structured:
+        us = structured_overhead_us(cfg.vocab_size, rng)
+        full_ms = step_ms * CONFIGS[kind]["num_hidden_layers"] / layers
+        print(f"  structured output (JSON schema): {us:.0f} us/token of host work = {us / 10 / step_ms:.2f} % of this "
+              f"{step_ms:.1f} ms decode step ({us / 10 / full_ms:.3f} % of the ~{full_ms:.0f} ms step of all "
+              f"{CONFIGS[kind]['num_hidden_layers']} layers); target < 10 %")
     lm.close()
     return [
         {"what": f"prefill {prompt} tok, {NAMES[kind]}", "value": gflops, "unit": "GFLOP/s",
@@ -170,6 +183,42 @@ def run(kind: str, layers: int, prompt: int, new: int, peaks: dict, do_profile: 
          "bound": peaks["read_gbs"], "bound_what": "read bw", "target": {"small": 0.25, "phi3": 0.30}.get(kind),
          "target_is": "fraction"},
     ]
+
+
+JUDGE_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["accuracy", "completeness", "rationale"],
+                "properties": {"accuracy": {"type": "integer", "minimum": 1, "maximum": 5},
+                               "completeness": {"type": "integer", "minimum": 1, "maximum": 5},
+                               "rationale": {"type": "string", "maxLength": 400}}}
+
+
+def structured_overhead_us(vocab_size: int, rng, tokens: int = 1000) -> float:
+    """Mean host time per token of eyecare.structured (mask into the logits, then the grammar step),
+    decoding random logits under JUDGE_SCHEMA (a fresh answer whenever one completes)."""
+    import tempfile
+
+    from structured_libs import train_tokenizer  # beside this script
+
+    from eyecare.structured import Constraint
+    from eyecare.tokenizer import Tokenizer
+
+    bpe = train_tokenizer()
+    with tempfile.TemporaryDirectory() as d:
+        bpe.save(os.path.join(d, "tokenizer.json"))
+        tokenizer = Tokenizer(d)
+    eos = [tokenizer.token_to_id("<|end|>")]
+    constraint = Constraint(tokenizer, vocab_size, eos, json_schema=JUDGE_SCHEMA)
+    rows = rng.standard_normal((64, vocab_size)).astype(np.float32)
+    state, spent = constraint.start(), 0.0
+    for i in range(tokens):
+        row = rows[i % len(rows)].copy()
+        t = time.perf_counter()
+        state.mask(row)
+        token = int(np.argmax(row))
+        done = state.advance(token)
+        spent += time.perf_counter() - t
+        if done:
+            state = constraint.start()
+    return spent / tokens * 1e6
 
 
 def run_long(kind: str, layers: int, contexts: list[int], new: int, peaks: dict) -> list[dict]:
@@ -204,6 +253,8 @@ def main(argv=None, peaks=None) -> list[dict]:
     ap.add_argument("--long", action="store_true", help="also decode after 512 and 4096 tokens (small shape)")
     ap.add_argument("--quick", action="store_true", help="a 128-token prefill and 32 decode steps")
     ap.add_argument("--profile", action="store_true", help="also time the decode step's ops one by one")
+    ap.add_argument("--no-structured", action="store_true",
+                    help="skip timing structured output's per-token work (with the Phi-3.5-mini widths)")
     args = ap.parse_args(argv)
     if args.quick:
         args.prompt, args.new = 128, 32
@@ -213,7 +264,8 @@ def main(argv=None, peaks=None) -> list[dict]:
           f"FMA peak {peaks['fma_gflops']:.1f} GFLOP/s")
     rows = []
     for kind in (["small", "phi3"] if args.model == "both" else [args.model]):
-        rows += run(kind, args.layers or DEFAULT_LAYERS[kind], args.prompt, args.new, peaks, args.profile)
+        rows += run(kind, args.layers or DEFAULT_LAYERS[kind], args.prompt, args.new, peaks, args.profile,
+                    structured=kind == "phi3" and not args.no_structured)
     if args.long:
         rows += run_long("small", DEFAULT_LAYERS["small"], [512, 4096], args.new, peaks)
     return rows

@@ -142,6 +142,15 @@ def cmd_make_tiny(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    api_key = args.api_key or os.environ.get("EYECARE_API_KEY") or None
+    return serve(args.model, host=args.host, port=args.port, api_key=api_key,
+                 allow_local_images=args.allow_local_images, max_body_mb=args.max_body_mb,
+                 max_pixels=args.max_pixels, max_context=args.max_context, model_name=args.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eyecare", description="EyecareGPT on Vulkan: any GPU, or the CPU via lavapipe.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -191,6 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_tiny)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server for a checkpoint (needs eyecare[serve])",
+                       description="Serves /v1/chat/completions, /v1/models and /health. Listens on loopback "
+                                   "unless --host says otherwise; requests take turns on the model.")
+    p.add_argument("--model", metavar="DIR", required=True, help="checkpoint directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' (default: $EYECARE_API_KEY, "
+                                                    "else no key)")
+    p.add_argument("--allow-local-images", metavar="DIR",
+                   help="let image_url parts name files inside DIR (default: base64 data: URLs only)")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
+    p.add_argument("--max-pixels", type=int, default=None, help="largest image in pixels (default: the model's, 64M)")
+    p.add_argument("--max-context", type=int, default=4096, help="tokens of prompt and answer per request (default 4096)")
+    p.add_argument("--name", default=None, help="the model's name in the API (default: the folder's name)")
+    p.set_defaults(func=cmd_serve)
 
     from .bench.cli import register as register_bench
 

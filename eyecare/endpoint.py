@@ -292,8 +292,8 @@ class LocalEndpoint(Endpoint):
         self._model = model
         self._load_options = load_options
         self._lock = threading.Lock()
-        # Until the engine constrains decoding, the schema goes into the prompt and answers are validated.
-        self.supports_schema = False
+        # The engine constrains decoding to the schema (eyecare.structured); answers are still validated.
+        self.supports_schema = True
 
     @property
     def model(self):

@@ -193,11 +193,15 @@ class TextStream:
             if piece:
                 return piece
 
+    def close(self) -> None:
+        """Stops the generation now (the model is free for the next caller); iterating ends."""
+        self._events.close()
+
 
 class _Sequence:
     """One prompt's state during generation."""
 
-    def __init__(self, prompt_ids, embeds, max_new, tokenizer):
+    def __init__(self, prompt_ids, embeds, max_new, tokenizer, constraint=None):
         self.prompt_ids = prompt_ids
         self.embeds = embeds
         self.prompt_len = len(prompt_ids) if prompt_ids is not None else embeds.shape[0]
@@ -212,6 +216,8 @@ class _Sequence:
         self.checked = 0   # text before this was searched for stop strings
         self.emitted = 0   # text before this was handed out
         self.finish_reason: str | None = None
+        # Structured output: this sequence's place in the grammar (None: unconstrained).
+        self.grammar = constraint.start() if constraint is not None else None
 
 
 def _holdback(text: str, stops) -> int:
@@ -438,7 +444,7 @@ class LanguageModel:
             return [emb(x) for x in e], True
         return [emb(e)], False
 
-    def _options(self, max_new_tokens, stop, sampling):
+    def _options(self, max_new_tokens, stop, sampling, structure=None):
         params = SamplingParams.resolve(self.generation_config, **sampling)
         if max_new_tokens is None:
             max_new_tokens = self.generation_config.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
@@ -449,9 +455,12 @@ class LanguageModel:
             raise ValueError("stop strings must be non-empty strings")
         if stops:
             self._need_tokenizer()
-        return params, max_new_tokens, stops
+        from .structured import compile_constraint
 
-    def _events(self, items, params, max_new, stops):
+        constraint = compile_constraint(self, **(structure or {}))
+        return params, max_new_tokens, stops, constraint
+
+    def _events(self, items, params, max_new, stops, constraint=None):
         """Generation as a stream of (prompt index, text piece) events; returns the GenerationOutputs.
         Prompts go through in groups of max_batch: each prompt is prefilled on its own (prompts differ
         in length), then the group decodes together, one token per sequence per forward pass."""
@@ -459,12 +468,13 @@ class LanguageModel:
         outputs = []
         with self._lock.held():
             for g0 in range(0, len(items), self.max_batch):
-                group = yield from self._group_events(items[g0:g0 + self.max_batch], g0, params, max_new, stops, rng)
+                group = yield from self._group_events(items[g0:g0 + self.max_batch], g0, params, max_new, stops, rng,
+                                                      constraint)
                 outputs.extend(group)
         return outputs
 
-    def _group_events(self, items, index0, params, max_new, stops, rng):
-        seqs = [_Sequence(ids, emb, max_new, self.tokenizer) for ids, emb in items]
+    def _group_events(self, items, index0, params, max_new, stops, rng, constraint=None):
+        seqs = [_Sequence(ids, emb, max_new, self.tokenizer, constraint) for ids, emb in items]
         for i, s in enumerate(seqs):
             if s.prompt_len == 0:
                 raise ValueError(f"prompt {index0 + i} is empty")
@@ -484,12 +494,15 @@ class LanguageModel:
             s.history[s.n_history] = token
             s.n_history += 1
             eos = token in self.eos_token_ids
+            # Structured output: once the grammar is complete (the JSON closed, the regex matched to its
+            # end) the answer ends, as at an EOS token, but this token is part of the text.
+            complete = eos or (s.grammar is not None and s.grammar.advance(token))
             piece = ""
             if s.streamer is not None:
                 piece = "" if eos else s.streamer.push(token)
-                if eos or len(s.token_ids) == max_new:
+                if complete or len(s.token_ids) == max_new:
                     piece += s.streamer.flush()
-            s.finish_reason = "eos" if eos else "length" if len(s.token_ids) == max_new else None
+            s.finish_reason = "eos" if complete else "length" if len(s.token_ids) == max_new else None
             s.text += piece
             if stops:
                 found = [i for st in stops if (i := s.text.find(st, max(0, s.checked - len(st) + 1))) >= 0]
@@ -511,7 +524,7 @@ class LanguageModel:
         prefill_ms = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
-        tokens = [params.choose(logits[b], s.history[:s.n_history], rng) for b, s in enumerate(seqs)]
+        tokens = [params.choose(self._masked(logits[b], s), s.history[:s.n_history], rng) for b, s in enumerate(seqs)]
         for b, s in enumerate(seqs):
             yield index0 + b, accept(b, s, tokens[b])
         while True:
@@ -527,10 +540,17 @@ class LanguageModel:
             logits = dec.forward(step, None, 0, "last")
             for b in live:
                 s = seqs[b]
-                yield index0 + b, accept(b, s, params.choose(logits[b], s.history[:s.n_history], rng))
+                yield index0 + b, accept(b, s, params.choose(self._masked(logits[b], s), s.history[:s.n_history], rng))
         decode_ms = (time.perf_counter() - start) * 1e3
         return [GenerationOutput(text=s.text, token_ids=s.token_ids, finish_reason=s.finish_reason, prompt_tokens=s.prompt_len,
                                  prefill_ms=prefill_ms, decode_ms=decode_ms) for s in seqs]
+
+    @staticmethod
+    def _masked(row: np.ndarray, s: _Sequence) -> np.ndarray:
+        """The logits row with the tokens the sequence's grammar forbids set to -inf (unchanged without one)."""
+        if s.grammar is not None:
+            s.grammar.mask(row)
+        return row
 
     def _recompute_long(self, b: int, s: _Sequence):
         """Rebuilds sequence b's cache (prompt and the tokens fed so far) with the long RoPE factors."""
@@ -545,7 +565,7 @@ class LanguageModel:
     def generate(self, prompt=None, *, input_ids=None, inputs_embeds=None, max_new_tokens: int | None = None,
                  do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
-                 stop=None, stream: bool = False):
+                 stop=None, stream: bool = False, json_schema=None, regex=None, grammar=None):
         """Generates a continuation of one prompt, or of several (a list) decoded together in batches of
         max_batch. A prompt is a string, a list of chat messages (rendered with the chat template and a
         generation prompt), token ids (input_ids), or input embeddings [T, hidden] (inputs_embeds, e.g.
@@ -555,17 +575,22 @@ class LanguageModel:
         (greedy). Generation stops at max_new_tokens, at any of the EOS ids (generation_config.json), or
         when the text contains a stop string (cut from the returned text).
 
+        Structured output (eyecare.structured): with `json_schema` (a JSON Schema dict), `regex` or
+        `grammar` (Lark syntax) only tokens that keep the output valid are chosen, and the answer ends
+        when it is complete; it is valid unless max_new_tokens cuts it (finish_reason "length").
+
         Returns a GenerationOutput (text, token_ids, finish_reason, timings), a list of them for a list
         of prompts, or with stream=True the iterator stream() gives."""
         if stream:
             return self.stream(prompt, input_ids=input_ids, inputs_embeds=inputs_embeds, max_new_tokens=max_new_tokens,
                                do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                               repetition_penalty=repetition_penalty, seed=seed, stop=stop)
+                               repetition_penalty=repetition_penalty, seed=seed, stop=stop,
+                               json_schema=json_schema, regex=regex, grammar=grammar)
         items, batched = self._prompts(prompt, input_ids, inputs_embeds)
-        params, max_new, stops = self._options(max_new_tokens, stop, dict(
+        params, max_new, stops, constraint = self._options(max_new_tokens, stop, dict(
             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-            repetition_penalty=repetition_penalty, seed=seed))
-        events = self._events(items, params, max_new, stops)
+            repetition_penalty=repetition_penalty, seed=seed), dict(json_schema=json_schema, regex=regex, grammar=grammar))
+        events = self._events(items, params, max_new, stops, constraint)
         while True:
             try:
                 next(events)
@@ -577,7 +602,7 @@ class LanguageModel:
     def stream(self, prompt=None, *, input_ids=None, inputs_embeds=None, max_new_tokens: int | None = None,
                do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
                top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
-               stop=None) -> TextStream:
+               stop=None, json_schema=None, regex=None, grammar=None) -> TextStream:
         """Like generate() for one prompt, as an iterator of text pieces in the order they are decoded
         (whole characters only: a piece never ends inside a multi-byte character, and text that might
         begin a stop string is held back until it does not). ``.output`` has the GenerationOutput at the end."""
@@ -585,7 +610,7 @@ class LanguageModel:
         if batched:
             raise ValueError("stream() takes one prompt; use generate() for several")
         self._need_tokenizer()
-        params, max_new, stops = self._options(max_new_tokens, stop, dict(
+        params, max_new, stops, constraint = self._options(max_new_tokens, stop, dict(
             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-            repetition_penalty=repetition_penalty, seed=seed))
-        return TextStream(self._events(items, params, max_new, stops))
+            repetition_penalty=repetition_penalty, seed=seed), dict(json_schema=json_schema, regex=regex, grammar=grammar))
+        return TextStream(self._events(items, params, max_new, stops, constraint))

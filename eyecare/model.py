@@ -225,20 +225,22 @@ class EyecareGPT:
     def chat(self, question: str, images: Iterable = (), history=None, system: str | None = None, *,
              max_new_tokens: int = 512, temperature: float | None = None, top_p: float | None = None,
              top_k: int | None = None, repetition_penalty: float | None = None, seed: int | None = None,
-             stop=None, stream: bool = False):
+             stop=None, stream: bool = False, json_schema=None, regex=None, grammar=None):
         """Answers a question about any number of images (paths, bytes, NumPy arrays or PIL images).
         history: earlier turns, as (question, answer) pairs or {"role", "content"} messages. Returns the
-        answer, or with stream=True an iterator of text pieces. temperature None or 0 is greedy."""
+        answer, or with stream=True an iterator of text pieces. temperature None or 0 is greedy.
+        json_schema / regex / grammar: structured output (see LanguageModel.generate)."""
         self._set_call({}, None)
         embeds, vision_ms = self._prepare(question, list(images), history, system)
         options = dict(max_new_tokens=max_new_tokens, stop=stop, seed=seed, top_k=top_k, top_p=top_p,
-                       repetition_penalty=repetition_penalty, **_sampling(temperature))
+                       repetition_penalty=repetition_penalty, json_schema=json_schema, regex=regex, grammar=grammar,
+                       **_sampling(temperature))
         return self._answer(embeds, vision_ms, options, stream)
 
     def chat_messages(self, messages: list, images: Iterable = (), *, max_new_tokens: int = 512,
                       temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                       repetition_penalty: float | None = None, seed: int | None = None, stop=None,
-                      stream: bool = False):
+                      stream: bool = False, json_schema=None, regex=None, grammar=None):
         """Like chat(), for a whole conversation: `messages` are {"role", "content"} dicts whose text holds
         one image placeholder per image, `images` those images in order (eyecare.chat_messages.split_messages
         makes both from OpenAI-style messages). Returns the answer, or with stream=True an iterator of pieces."""
@@ -247,7 +249,8 @@ class EyecareGPT:
         tokens, timings = self._encode_images(list(images))
         embeds = self.embed_prompt(prompt, tokens)
         options = dict(max_new_tokens=max_new_tokens, stop=stop, seed=seed, top_k=top_k, top_p=top_p,
-                       repetition_penalty=repetition_penalty, **_sampling(temperature))
+                       repetition_penalty=repetition_penalty, json_schema=json_schema, regex=regex, grammar=grammar,
+                       **_sampling(temperature))
         return self._answer(embeds, timings["vision_ms"], options, stream)
 
     def _answer(self, embeds, vision_ms: float, options: dict, stream: bool):
@@ -259,14 +262,17 @@ class EyecareGPT:
         return out.text
 
     def _streamed(self, pieces, vision_ms):
-        for piece in pieces:
-            yield piece
-        if getattr(pieces, "output", None) is not None:
-            self._record(pieces.output, vision_ms)
+        try:
+            for piece in pieces:
+                yield piece
+            if getattr(pieces, "output", None) is not None:
+                self._record(pieces.output, vision_ms)
+        finally:
+            pieces.close()  # closing this iterator early stops the generation and frees the model at once
 
     def generate(self, requests: list, *, max_new_tokens: int = 512, temperature: float | None = None,
                  top_p: float | None = None, top_k: int | None = None, repetition_penalty: float | None = None,
-                 seed: int | None = None, stop=None) -> list[str]:
+                 seed: int | None = None, stop=None, json_schema=None, regex=None, grammar=None) -> list[str]:
         """Answers several independent requests, decoded together on the device (max_batch at a time).
         Each request is a dict {"question", "images", "history", "system"} or a question string. The
         options are chat()'s, with the same defaults. Afterwards ``last_output`` is the list of
@@ -280,7 +286,7 @@ class EyecareGPT:
             vision_ms += ms
         outs = self.language.generate(inputs_embeds=embeds, max_new_tokens=max_new_tokens, stop=stop, seed=seed,
                                       top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                                      **_sampling(temperature))
+                                      json_schema=json_schema, regex=regex, grammar=grammar, **_sampling(temperature))
         # Sequences decoded together share one prefill and one decode time: count each group once.
         groups = outs[::self.language.max_batch]
         prefill_ms, decode_ms = sum(o.prefill_ms for o in groups), sum(o.decode_ms for o in groups)

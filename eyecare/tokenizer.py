@@ -88,6 +88,10 @@ class Tokenizer:
                 return f.read()
         return None
 
+    def to_json(self) -> str:
+        """tokenizer.json as this tokenizer runs it (with the post-processor tokenizer_config.json chose)."""
+        return self._tok.to_str()
+
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)

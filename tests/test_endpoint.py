@@ -214,7 +214,7 @@ def test_append_log_survives_a_cut_last_line_and_refuses_foreign_files(tmp_path)
         read_rows(tmp_path / "junk.jsonl", error=KeyError)
 
 
-def test_a_local_model_answers_as_chat_does_and_an_invalid_answer_is_a_recorded_failure(tmp_path):
+def test_a_local_model_answers_as_chat_does_with_schema_valid_json_and_a_cut_answer_is_a_recorded_failure(tmp_path):
     from eyecare.endpoint import image_part
     from eyecare.model import EyecareGPT
     from eyecare.tiny import make_tiny
@@ -227,7 +227,12 @@ def test_a_local_model_answers_as_chat_does_and_an_invalid_answer_is_a_recorded_
                 {"role": "user", "content": [image_part(image), {"type": "text", "text": "Describe it."}]}]
     expected = model.chat("Describe it.", images=[image], system="Be brief.", max_new_tokens=12)
     assert endpoint.chat(messages, max_tokens=12) == expected
-    reply = endpoint.chat_json(MESSAGES, SCHEMA, attempts=2, max_tokens=8)
-    # A random tiny model writes no JSON; without constrained decoding that is a recorded failure.
+    # Decoding constrained to the schema: even a random tiny model answers valid JSON at once.
+    assert endpoint.supports_schema
+    reply = endpoint.chat_json(MESSAGES, SCHEMA, attempts=2, max_tokens=16)
+    assert reply.error is None and reply.attempts == 1 and reply.value["score"] in range(1, 6)
+    assert reply.text == model.chat("Rate it.", json_schema=SCHEMA, max_new_tokens=16)
+    # An answer cut short by max_tokens is not JSON: a recorded failure after the attempts, not an exception.
+    reply = endpoint.chat_json(MESSAGES, SCHEMA, attempts=2, max_tokens=3)
     assert reply.value is None and reply.attempts == 2
     assert reply.error.startswith("no valid JSON after 2 attempts: the last not JSON")

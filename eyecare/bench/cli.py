@@ -6,6 +6,7 @@ Sub-commands:
   compare   put two reports side by side
   validate  check a dataset and its images without running anything
   sample    write the synthetic sample set to a folder
+  judge     LLM-judge scores for a run's open QA and report answers (resumable), into its report
 
 Each sub-command stores its handler as `func` in the parsed namespace and returns an exit code:
 0 success, 1 a problem reported on one line (bad dataset, missing image, unwritable output, no
@@ -23,6 +24,15 @@ from typing import Optional
 from .errors import BenchError
 
 PREDICTIONS = "predictions.jsonl"
+JUDGMENTS = "judgments.jsonl"
+
+
+def _judgments_beside(predictions: Path):
+    """The run's judgments (eyecare bench judge), if it has any."""
+    from .judge import read_judgments
+
+    path = predictions.parent / JUDGMENTS
+    return read_judgments(path) if path.is_file() else None
 
 
 def _repo_sample() -> Path:
@@ -102,7 +112,8 @@ def cmd_run(args) -> int:
     if args.no_report:
         return 0
     ids = {r.id for r in selected}
-    report = build_report([row for row in read_predictions(predictions) if row["id"] in ids], source=str(predictions))
+    report = build_report([row for row in read_predictions(predictions) if row["id"] in ids], source=str(predictions),
+                          judgments=_judgments_beside(predictions))
     paths = write_report(report, out_dir, plots=not args.no_plots)
     print(overall_table(report))
     print(f"report: {', '.join(str(p) for p in paths[:3])}" + (f" and {len(paths) - 3} charts" if len(paths) > 3 else ""))
@@ -138,7 +149,7 @@ def cmd_report(args) -> int:
     rows = read_predictions(path)
     if not rows:
         raise BenchError(f"{path}: holds no predictions")
-    report = build_report(rows, source=str(path))
+    report = build_report(rows, source=str(path), judgments=_judgments_beside(path))
     paths = write_report(report, Path(args.output) if args.output else path.parent, plots=not args.no_plots)
     print(overall_table(report))
     print(f"report: {', '.join(str(p) for p in paths[:3])}" + (f" and {len(paths) - 3} charts" if len(paths) > 3 else ""))
@@ -182,6 +193,41 @@ def cmd_sample(args) -> int:
         raise BenchError(f"cannot write the sample set to {args.folder}: {exc.strerror or exc}") from None
     print(f"wrote the synthetic sample set: {path}")
     return 0
+
+
+def cmd_judge(args) -> int:
+    from .judge import judge_run, open_judge, rubrics_with
+    from .report import build_report, write_report
+    from .runner import read_predictions
+
+    if args.concurrency < 1 or args.attempts < 1 or args.max_tokens < 1 or args.retries < 0:
+        raise BenchError("--concurrency, --attempts and --max-tokens must be >= 1, --retries >= 0")
+    run_dir = Path(args.run)
+    predictions = run_dir / PREDICTIONS if run_dir.is_dir() else run_dir
+    if not predictions.is_file():
+        raise BenchError(f"{predictions}: no such predictions file (give a `bench run` folder)")
+    rows = read_predictions(predictions)
+    rubrics = rubrics_with(args.rubric)
+    endpoint = open_judge(args.judge, judge_model=args.judge_model, api_key_env=args.api_key_env,
+                          retries=args.retries, timeout=args.timeout)
+    from ..endpoint import EndpointError
+
+    try:
+        judge_name = endpoint.name
+    except EndpointError as exc:
+        raise BenchError(f"cannot ask the judge for its model name (give --judge-model): {exc}") from None
+    where = getattr(endpoint, "base_url", None) or args.judge
+    print(f"judge {judge_name!r} at {where}; rubrics "
+          + ", ".join(f"{t}: {r.id}" for t, r in rubrics.items()), file=sys.stderr)
+    result = judge_run(rows, endpoint, predictions.parent / JUDGMENTS, rubrics, concurrency=args.concurrency,
+                       attempts=args.attempts, max_tokens=args.max_tokens, progress=not args.no_progress)
+    print(f"{result.total} answers to judge: {result.done} already judged, {result.asked} asked now, "
+          f"{result.failed} failed (recorded; rerun to ask them again); judgments in {result.path}")
+    if not args.no_report:
+        report = build_report(rows, source=str(predictions), judgments=_judgments_beside(predictions))
+        paths = write_report(report, predictions.parent, plots=not args.no_plots)
+        print(f"report: {', '.join(str(p) for p in paths[:3])}")
+    return 1 if result.failed else 0
 
 
 def _guard(handler):
@@ -262,6 +308,32 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
                        "print the record counts per task and modality.")
     _add_data_options(p)
     p.set_defaults(func=_guard(cmd_validate))
+
+    p = sub.add_parser("judge", help="LLM-judge scores for a run's open QA and report answers",
+                       description="Grade each open QA and report prediction of RUN against its reference with "
+                       "an LLM judge and a versioned rubric, appending each judgment to RUN/judgments.jsonl as it "
+                       "arrives (rerun to resume: only what is missing is asked), then add the scores to RUN's "
+                       "report. Exit status 1 when some judgments failed (they are recorded and asked again next time).")
+    p.add_argument("run", metavar="RUN", help="a `bench run` folder (or its predictions.jsonl)")
+    p.add_argument("--judge", required=True, metavar="URL|local:DIR",
+                   help="an OpenAI-compatible endpoint (https://api.openai.com/v1, http://127.0.0.1:8000/v1 of "
+                   "`eyecare serve`, vLLM...) or local:DIR, an EyecareGPT checkpoint run in this process")
+    p.add_argument("--judge-model", metavar="NAME", help="the model to ask (default: the endpoint's first)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="environment variable holding the API key (default OPENAI_API_KEY; unset: none sent)")
+    p.add_argument("--rubric", action="append", metavar="FILE",
+                   help="a rubric file replacing the shipped one for its task (repeat for both tasks)")
+    p.add_argument("--concurrency", type=int, default=4, metavar="N", help="judge calls in flight (default 4)")
+    p.add_argument("--attempts", type=int, default=3, metavar="N",
+                   help="answers asked per judgment until one is valid JSON (default 3)")
+    p.add_argument("--retries", type=int, default=5, metavar="N",
+                   help="retries of a call on 429/5xx/timeouts, with exponential backoff (default 5)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds per HTTP call (default 300)")
+    p.add_argument("--max-tokens", type=int, default=1024, metavar="N", help="judge answer length (default 1024)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="only write judgments")
+    p.add_argument("--no-plots", action="store_true", help="write the report without charts")
+    p.set_defaults(func=_guard(cmd_judge))
 
     p = sub.add_parser("sample", help="write the synthetic sample set",
                        description="Write the synthetic sample set (made-up images and questions for "

@@ -50,4 +50,41 @@ def plot_report(report: dict, out_dir) -> list:
         except OSError as exc:
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
         paths.append(path)
+    paths += _judge_charts(report, out, figure)
+    return paths
+
+
+def _judge_charts(report: dict, out: Path, figure) -> list:
+    """judge_<judge>_<task>.png: the mean of each judge dimension by modality, one bar per dimension."""
+    import re
+
+    paths = []
+    for section in report.get("judges") or ():
+        for task, overall in section["overall"].items():
+            dims = [d for d in overall["scores"] if overall["scores"][d] is not None]
+            cells = [c for c in section["cells"] if c["task"] == task]
+            if not dims or not cells:
+                continue
+            modalities = [c["modality"] for c in cells]
+            fig = figure.Figure(figsize=(max(6.0, 0.9 * len(modalities) * max(1, len(dims) / 3) + 2), 4.0),
+                                layout="constrained")
+            ax = fig.subplots()
+            width = 0.8 / len(dims)
+            for i, d in enumerate(dims):
+                xs = [m + (i - (len(dims) - 1) / 2) * width for m in range(len(modalities))]
+                bars = ax.bar(xs, [c["scores"].get(d) or 0.0 for c in cells], width=width, label=d)
+                ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
+            ax.set_xticks(range(len(modalities)), [m.replace("_", " ") for m in modalities], rotation=30, ha="right")
+            ax.set_ylabel("mean judge score")
+            top = max([c["scores"].get(d) or 0.0 for c in cells for d in dims] + [5.0])
+            ax.set_ylim(0, top * 1.15)
+            ax.set_title(f"{TASK_TITLES[task]}: LLM judge {section['judge']} — {report.get('model') or 'model'}")
+            ax.legend(loc="upper right", fontsize=7)
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "-", section["judge"]).strip("-") or "judge"
+            path = out / f"judge_{slug}_{task}.png"
+            try:
+                fig.savefig(path, dpi=100)
+            except OSError as exc:
+                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            paths.append(path)
     return paths

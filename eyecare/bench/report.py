@@ -75,8 +75,9 @@ def _performance(rows: Sequence[dict]) -> dict:
     return perf
 
 
-def build_report(rows: Sequence[dict], source: str = "") -> dict:
-    """Score prediction rows (as read by runner.read_predictions) into the report dict written as report.json."""
+def build_report(rows: Sequence[dict], source: str = "", judgments: Optional[Sequence[dict]] = None) -> dict:
+    """Score prediction rows (as read by runner.read_predictions) into the report dict written as report.json.
+    `judgments` (the run's judgments.jsonl rows) add the LLM-judge scores (eyecare.bench.judge)."""
     rows = list(rows)
     models = sorted({str(r.get("model")) for r in rows if r.get("model") is not None})
     cells, overall = [], {}
@@ -105,7 +106,42 @@ def build_report(rows: Sequence[dict], source: str = "") -> dict:
         "performance": _performance(rows),
         "unparseable": unparseable,
         "errors": [{"id": r["id"], "error": r["error"]} for r in rows if r.get("error")],
+        "judges": _judges(judgments, rows),
     }
+
+
+def _judges(judgments, rows) -> list:
+    if not judgments:
+        return []
+    from .judge import summarize
+
+    return summarize(judgments, rows)
+
+
+def judge_dimensions(report: dict) -> list:
+    """Every judge dimension in the report, in first-seen order."""
+    dims = []
+    for section in report.get("judges") or ():
+        for cell in list(section["overall"].values()) + section["cells"]:
+            dims += [d for d in cell["scores"] if d not in dims]
+    return dims
+
+
+def _judge_tables(report: dict) -> list:
+    parts = []
+    for section in report.get("judges") or ():
+        rubrics = "; ".join(f"{TASK_TITLES.get(t, t)}: {', '.join(v)}" for t, v in sorted(section["rubrics"].items()))
+        parts += ["", f"## LLM judge: {section['judge']}", "",
+                  f"Mean score per dimension (rubric {rubrics}); n judged, and judgments that failed "
+                  "(no valid answer from the judge: asked again by the next `bench judge`)."]
+        for task, overall in section["overall"].items():
+            dims = list(overall["scores"])
+            cells = [c for c in section["cells"] if c["task"] == task] + [{"modality": f"**{ALL}**", **overall}]
+            parts += ["", f"### {TASK_TITLES.get(task, task)}", "",
+                      _table(["modality", "n judged", "failed"] + dims,
+                             [[c["modality"], c["n_judged"], c["n_failed"]] + [c["scores"].get(d) for d in dims]
+                              for c in cells])]
+    return parts
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -165,6 +201,7 @@ def render_markdown(report: dict) -> str:
         parts += ["", f"## Unparseable closed answers ({len(report['unparseable'])})", ""]
         parts += [f"- `{u['id']}` ({u['modality']}): {json.dumps(u['prediction'][:120], ensure_ascii=False)}"
                   for u in report["unparseable"][:_LISTED]]
+    parts += _judge_tables(report)
     if report["errors"]:
         parts += ["", f"## Model errors ({len(report['errors'])})", ""]
         parts += [f"- `{e['id']}`: {e['error'][:200]}" for e in report["errors"][:_LISTED]]
@@ -175,10 +212,21 @@ CSV_COLUMNS = ("task", "modality", "n", "errors", "accuracy", "correct", "unpars
     "term_recall_n", "latency_ms")
 
 
+def csv_columns(report: dict) -> tuple:
+    """CSV_COLUMNS, plus the judge's columns when the report has judge scores."""
+    dims = judge_dimensions(report)
+    return CSV_COLUMNS + (("judge", "judge_n", "judge_failed") + tuple(f"judge_{d}" for d in dims) if dims else ())
+
+
 def csv_rows(report: dict) -> list:
     rows = [dict(c) for c in report["cells"]]
     rows += [{"task": task, "modality": ALL, **scores} for task, scores in report["overall"].items()]
-    return [{k: row.get(k) for k in CSV_COLUMNS} for row in rows]
+    for section in report.get("judges") or ():  # one row per judged task and modality
+        cells = section["cells"] + [{"task": t, "modality": ALL, **c} for t, c in section["overall"].items()]
+        rows += [{"task": c["task"], "modality": c["modality"], "judge": section["judge"], "judge_n": c["n_judged"],
+                  "judge_failed": c["n_failed"], **{f"judge_{d}": v for d, v in c["scores"].items()}} for c in cells]
+    columns = csv_columns(report)
+    return [{k: row.get(k) for k in columns} for row in rows]
 
 
 def write_report(report: dict, out_dir, plots: bool = True) -> list:
@@ -189,7 +237,7 @@ def write_report(report: dict, out_dir, plots: bool = True) -> list:
         (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
         with open(out / "report.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=csv_columns(report))
             writer.writeheader()
             writer.writerows(csv_rows(report))
     except OSError as exc:
@@ -253,6 +301,34 @@ def compare_reports(a: dict, b: dict, names: Sequence[str] = ("A", "B")) -> str:
         parts += ["", f"## {TASK_TITLES[task]}", "", _table(header, body)]
     ta, tb = a["performance"].get("tokens_per_s"), b["performance"].get("tokens_per_s")
     la, lb = (a["performance"].get("latency_ms") or {}).get("mean"), (b["performance"].get("latency_ms") or {}).get("mean")
+    parts += _compare_judges(a, b)
     parts += ["", "## Speed", "", _table(["", names[0], names[1]],
                                          [["mean latency ms", la, lb], ["decode tokens/s", ta, tb]])]
     return "\n".join(parts) + "\n"
+
+
+def _compare_judges(a: dict, b: dict) -> list:
+    """Judge scores side by side, for each judge (and rubric) that scored both runs."""
+    parts = []
+    sections_b = {s["judge"]: s for s in b.get("judges") or ()}
+    for sa in a.get("judges") or ():
+        sb = sections_b.get(sa["judge"])
+        if sb is None:
+            continue
+        note = "" if sa["rubrics"] == sb["rubrics"] else " (different rubric versions: compare with care)"
+        parts += ["", f"## LLM judge: {sa['judge']}{note}"]
+        for task in ("open", "report"):
+            if task not in sa["overall"] or task not in sb["overall"]:
+                continue
+            dims = [d for d in sa["overall"][task]["scores"] if d in sb["overall"][task]["scores"]]
+            ca = {c["modality"]: c for c in sa["cells"] if c["task"] == task}
+            cb = {c["modality"]: c for c in sb["cells"] if c["task"] == task}
+            body = []
+            for modality in sorted(set(ca) | set(cb), key=_modality_order) + [ALL]:
+                xa = sa["overall"][task] if modality == ALL else ca.get(modality, {"scores": {}})
+                xb = sb["overall"][task] if modality == ALL else cb.get(modality, {"scores": {}})
+                label = f"**{ALL}**" if modality == ALL else modality
+                body.append([label, f"{_fmt(xa.get('n_judged'))} / {_fmt(xb.get('n_judged'))}"]
+                            + [_delta(xa["scores"].get(d), xb["scores"].get(d)) for d in dims])
+            parts += ["", f"### {TASK_TITLES[task]}", "", _table(["modality", "n judged"] + dims, body)]
+    return parts
