@@ -4,7 +4,7 @@
 # make test-emulation: the GPU-path subset (tests/gpu_paths.txt) with EYECARE_EMULATE=all, then with 16-lane subgroups
 # make test-mesa25   : the GPU-path subset on Mesa 25.0's lavapipe (tools/mesa25.sh fetches it into build/mesa25)
 # make gpu-check     : on a machine with a real GPU: build, devices, op and model tests, benchmarks (tools/gpu_check.sh)
-# make bench: the throughput benchmarks (benchmarks/)
+# make bench: the throughput benchmarks (benchmarks/): the ops, then one table of every speed target beside its bound
 # make fuzz      : each libFuzzer harness (fuzz/) for FUZZ_SECONDS, growing the corpus in build/fuzz/corpus
 # make fuzz-smoke: each harness for FUZZ_SMOKE_SECONDS from the checked-in seeds, after replaying fuzz/regressions
 # make test-asan : the extension built with ASan + UBSan, running ASAN_TESTS under it (see docs/limits.md)
@@ -50,11 +50,11 @@ test-mesa25: deps
 gpu-check:
 	tools/gpu_check.sh
 
+# Run from the installed package (pip install -e . above), from outside the tree: no import of the sources.
 bench: deps
-	$(PYTHON) benchmarks/ops.py
-	$(PYTHON) benchmarks/vision.py --layers 3
-	$(PYTHON) benchmarks/llm.py
-	$(PYTHON) benchmarks/data.py
+	cd /tmp && $(PYTHON) $(CURDIR)/benchmarks/ops.py --quick
+	cd /tmp && $(PYTHON) $(CURDIR)/benchmarks/all.py
+	cd /tmp && $(PYTHON) $(CURDIR)/benchmarks/data.py
 
 deps: system-deps python-deps
 

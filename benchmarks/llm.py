@@ -1,53 +1,58 @@
-"""Language-model throughput: prefill tokens/s for a 512-token prompt and decode tokens/s for 128
-tokens, on random bf16 weights with the real layer widths of Phi-3.5-mini and Qwen2.5-7B and fewer
-layers (the per-layer figures do not depend on the layer count; memory and time do).
+"""Language-model throughput on random bf16 weights: prefill GFLOP/s, decode tokens/s from an empty cache,
+and (--long) decode after a 512- and a 4096-token prompt, each beside its bound measured in the same run.
 
-Decode is bound by memory bandwidth: each token reads every weight once (and the lm_head), so the
-bound is (copy bandwidth) / (bytes of weights per token). Each decode figure is printed with its
-fraction of that bound, the copy bandwidth measured on the same machine: a host memcpy for a CPU
-device (lavapipe's device memory is host memory), the core's copy op on the device otherwise.
-Prefill is bound by arithmetic: it is printed in GFLOP/s (2 x weights x tokens, plus attention).
+Shapes: 'small' (1024 wide, 8 layers, 168 M parameters: where per-dispatch costs show), 'phi3'
+(Phi-3.5-mini's widths, 4 of its 32 layers) and 'qwen2' (Qwen2.5-7B's widths, 2 of 28 layers: 7 query
+heads per KV head). The per-layer figures do not depend on the layer count.
 
-    python benchmarks/llm.py                      # both models
-    python benchmarks/llm.py --model phi3 --layers 8 --profile
+Bounds. Decode reads every weight once per token, so its bound is the read bandwidth (benchmarks/peaks.py:
+a STREAM-style read by as many threads as lavapipe runs) over the bytes of weights per token. Decode after
+a long prompt is compared with decode from an empty cache of the same model (the cache's reads are the
+difference). Prefill is arithmetic: GFLOP/s (2 x weights x tokens, plus attention) beside the FMA peak.
+
+    python benchmarks/llm.py                  # small and phi3 shapes
+    python benchmarks/llm.py --model qwen2 --layers 4 --profile
+    python benchmarks/llm.py --long           # also decode after 512 and 4096 tokens (small shape)
 
 Structured output (eyecare.structured) adds host work per token: the grammar's token mask, applied to
 the logits, and the grammar's step. It is timed on a Phi-3.5-mini-sized vocabulary (a byte-level BPE
 trained here on Python's standard library, as benchmarks/structured_libs.py does, padded to the model's
 32,064 rows) with a judge-style JSON schema, and printed as a fraction of the decode step measured in
-the same run.
+the same run (with the Phi-3.5-mini widths).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import eyecare._core as core
+from eyecare.config import DecoderConfig
+from eyecare.core import device_info, empty, tensor
+from eyecare.language import LanguageModel
+from peaks import measure_peaks
 
-import eyecare._core as core  # noqa: E402
-from eyecare.config import DecoderConfig  # noqa: E402
-from eyecare.core import device_info, empty, tensor  # noqa: E402
-from eyecare.language import LanguageModel  # noqa: E402
-
+PHI3 = {"model_type": "phi3", "vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 131072, "original_max_position_embeddings": 4096, "rope_theta": 10000.0,
+        "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 48, "long_factor": [1.5] * 48},
+        "sliding_window": 262144, "tie_word_embeddings": False}
 CONFIGS = {
+    # Phi-3's layout at 1024 wide (head dim 64): 8 layers + embeddings and lm_head = 168 M parameters.
+    "small": dict(PHI3, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+                  num_key_value_heads=16, rope_scaling=None),
     # Phi-3.5-mini-instruct's config.json (factors shortened to the right length: values do not matter here).
-    "phi3": {"model_type": "phi3", "vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192,
-             "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-5,
-             "max_position_embeddings": 131072, "original_max_position_embeddings": 4096, "rope_theta": 10000.0,
-             "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 48, "long_factor": [1.5] * 48},
-             "sliding_window": 262144, "tie_word_embeddings": False},
+    "phi3": PHI3,
     # Qwen2.5-7B-Instruct's config.json.
     "qwen2": {"model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944,
               "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-6,
               "max_position_embeddings": 32768, "rope_theta": 1000000.0, "use_sliding_window": False,
               "tie_word_embeddings": False},
 }
-NAMES = {"phi3": "Phi-3.5-mini", "qwen2": "Qwen2.5-7B"}
-
+NAMES = {"small": "1024-wide", "phi3": "Phi-3.5-mini widths", "qwen2": "Qwen2.5-7B widths"}
+DEFAULT_LAYERS = {"small": 8, "phi3": 4, "qwen2": 2}
 
 _BLOCK = None
 
@@ -61,7 +66,7 @@ def random_bf16(shape, rng):
     return np.resize(_BLOCK, int(np.prod(shape))).reshape(shape)
 
 
-def build(kind: str, layers: int, max_context: int, rng) -> LanguageModel:
+def build(kind: str, layers: int, max_context: int, rng, prefill_chunk: int = 256) -> LanguageModel:
     raw = dict(CONFIGS[kind], num_hidden_layers=layers)
     cfg = DecoderConfig.from_dict(raw)
     D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
@@ -80,30 +85,7 @@ def build(kind: str, layers: int, max_context: int, rng) -> LanguageModel:
         w[p + "self_attn.o_proj.weight"] = tensor(random_bf16((D, cfg.num_attention_heads * cfg.head_dim), rng), "bfloat16")
         w[p + "mlp.gate_up_proj.weight"] = tensor(random_bf16((2 * F, D), rng), "bfloat16")
         w[p + "mlp.down_proj.weight"] = tensor(random_bf16((D, F), rng), "bfloat16")
-    return LanguageModel(cfg, w, max_context=max_context)
-
-
-def copy_bandwidth() -> tuple[float, str]:
-    """Bytes read + written per second by a large copy (as STREAM counts it), in GB/s."""
-    info = device_info()
-    n = 256 << 20  # bytes
-    if info["type"] == "cpu":
-        src = np.ones(n, np.uint8)
-        dst = np.empty_like(src)
-        best = 0.0
-        for _ in range(5):
-            t = time.perf_counter()
-            np.copyto(dst, src)
-            best = max(best, 2 * n / (time.perf_counter() - t) / 1e9)
-        return best, "host memcpy"
-    rows = n // 4 // 4096
-    a, b = empty((rows, 4096)), empty((rows, 4096))
-    core.op_zero(a)
-    best = 0.0
-    for _ in range(5):
-        core.op_copy(a, 0, 4096, b, 0, 4096, rows, 4096)
-        best = max(best, 2 * n / (core.last_batch_ms() / 1e3) / 1e9)
-    return best, "device copy op"
+    return LanguageModel(cfg, w, max_context=max_context, prefill_chunk=prefill_chunk)
 
 
 def flops_per_token(cfg: DecoderConfig, context: int) -> float:
@@ -114,8 +96,21 @@ def flops_per_token(cfg: DecoderConfig, context: int) -> float:
     return 2.0 * cfg.num_hidden_layers * per_layer
 
 
+def kv_bytes_per_position(lm: LanguageModel) -> int:
+    cfg = lm.config
+    return 2 * cfg.num_key_value_heads * cfg.head_dim * cfg.num_hidden_layers * (2 if lm.kv_cache_dtype == "float16" else 4)
+
+
+def decode(lm: LanguageModel, prompt: int, new: int, rng):
+    """(tokens/s, wall ms per step, device ms of the last step) of `new` greedy steps after a `prompt`-token prompt."""
+    ids = rng.integers(0, lm.config.vocab_size, max(prompt, 1))
+    out = lm.generate(input_ids=ids, max_new_tokens=new + 1, do_sample=False)
+    steps = len(out.token_ids) - 1
+    return out.decode_tokens_per_s, out.decode_ms / steps, core.last_batch_ms()
+
+
 def profile(lm: LanguageModel, rng):
-    """Device time of one decode step's kinds of work, each alone in a batch of a layer's worth of copies."""
+    """Device time of one decode step's kinds of work, each alone in a batch of ten."""
     cfg = lm.config
     w = lm._weights
     D, F = cfg.hidden_size, cfg.intermediate_size
@@ -135,55 +130,59 @@ def profile(lm: LanguageModel, rng):
 
     print("  one decode step's ops (device time, each op run 10 times in one batch):")
     timed("rmsnorm", 0, lambda: core.op_rmsnorm(x, w[p + "input_layernorm.weight"], 1e-5, h))
-    for name, out, inp in (("qkv_proj", "qkv", x), ("gate_up_proj", "gate_up", x)):
+    for name, out in (("qkv_proj", "qkv"), ("gate_up_proj", "gate_up")):
         wt = w[p + f"{'self_attn' if name == 'qkv_proj' else 'mlp'}.{name}.weight"]
-        timed(f"mat-vec {name} {list(wt.shape)}", wt.nbytes, lambda wt=wt, out=out, inp=inp: core.op_matmul(inp, wt, None, outs[out]))
+        timed(f"mat-vec {name} {list(wt.shape)}", wt.nbytes, lambda wt=wt, out=out: core.op_matmul(x, wt, None, outs[out]))
     wt = w[p + "mlp.down_proj.weight"]
     timed(f"mat-vec down_proj {list(wt.shape)}", wt.nbytes, lambda: core.op_matmul(outs["down_in"], wt, None, h, True))
     wt = w["lm_head.weight"]
     logits = empty((1, cfg.vocab_size))
     timed(f"mat-vec lm_head {list(wt.shape)}", wt.nbytes, lambda: core.op_matmul(x, wt, None, logits), reps=3)
-    gu = outs["gate_up"]
     act = empty((1, F))
-    timed("silu_mul", 0, lambda: core.op_silu_mul(gu, None, act))
+    timed("silu_mul", 0, lambda: core.op_silu_mul(outs["gate_up"], None, act))
 
 
-def run(kind: str, layers: int, prompt: int, new: int, bandwidth: float, do_profile: bool, structured: bool = False):
+def run(kind: str, layers: int, prompt: int, new: int, peaks: dict, do_profile: bool = False, structured: bool = False) -> list[dict]:
+    """Prefill and empty-cache decode of one shape; returns the table rows."""
     rng = np.random.default_rng(0)
     t = time.perf_counter()
-    lm = build(kind, layers, prompt + new, rng)
+    lm = build(kind, layers, prompt + new + 2, rng)
     cfg = lm.config
-    load_s = time.perf_counter() - t
-    ids = rng.integers(0, cfg.vocab_size, prompt)
     per_token = lm._decoder.weight_bytes
-    print(f"{NAMES[kind]} widths, {layers} of {CONFIGS[kind]['num_hidden_layers']} layers, bf16 "
-          f"(hidden {cfg.hidden_size}, MLP {cfg.intermediate_size}, heads {cfg.num_attention_heads}/{cfg.num_key_value_heads}, "
-          f"vocab {cfg.vocab_size}); {per_token / 1e9:.2f} GB of weights read per decode token; built in {load_s:.1f} s")
+    print(f"{NAMES[kind]}, {layers} layers, bf16 (hidden {cfg.hidden_size}, MLP {cfg.intermediate_size}, heads "
+          f"{cfg.num_attention_heads}/{cfg.num_key_value_heads}, vocab {cfg.vocab_size}); {per_token / 1e9:.3f} GB of "
+          f"weights per decode token; built in {time.perf_counter() - t:.1f} s")
+    lm.forward(input_ids=rng.integers(0, cfg.vocab_size, 16), logits_to_keep=1)  # pipelines built, caches warm
 
-    lm.forward(input_ids=ids[:16], logits_to_keep=1)  # pipelines built, caches warm
-    out = lm.generate(input_ids=ids, max_new_tokens=new + 1, do_sample=False)
+    ids = rng.integers(0, cfg.vocab_size, prompt)
+    out = lm.generate(input_ids=ids, max_new_tokens=1, do_sample=False)
     flops = sum(flops_per_token(cfg, c) for c in range(1, prompt + 1)) + 2.0 * cfg.hidden_size * cfg.vocab_size
+    gflops = flops / (out.prefill_ms / 1e3) / 1e9
     print(f"  prefill {prompt} tokens: {out.prefill_ms / 1e3:6.2f} s  {out.prefill_tokens_per_s:8.1f} tokens/s  "
-          f"{flops / (out.prefill_ms / 1e3) / 1e9:6.1f} GFLOP/s")
-    steps = len(out.token_ids) - 1
-    tps = out.decode_tokens_per_s
-    step_device_ms = core.last_batch_ms()
-    bandwidth = max(bandwidth, copy_bandwidth()[0])  # the machine may be shared: the best copy seen
-    bound = bandwidth * 1e9 / per_token
-    print(f"  decode {steps} tokens: {out.decode_ms / 1e3:6.2f} s  {tps:8.2f} tokens/s  {per_token * tps / 1e9:6.2f} GB/s of "
-          f"weights = {100 * tps / bound:5.1f} % of the bandwidth bound ({bound:.1f} tokens/s at {bandwidth:.1f} GB/s)")
-    print(f"    per step: {out.decode_ms / steps:.1f} ms wall, {step_device_ms:.1f} ms device (last step), "
-          f"{lm._decoder.dispatches} dispatches")
+          f"{gflops:6.1f} GFLOP/s = {gflops / peaks['fma_gflops']:5.1%} of the FMA peak {peaks['fma_gflops']:.1f}")
+
+    tps, step_ms, device_ms = decode(lm, 1, new, rng)
+    gbs = per_token * tps / 1e9
+    frac = gbs / peaks["read_gbs"]
+    print(f"  decode {new} tokens from an empty cache: {tps:7.2f} tokens/s, {gbs:6.2f} GB/s of weights = {frac:5.1%} of "
+          f"the read bandwidth {peaks['read_gbs']:.1f} GB/s ({peaks['read_how']}); per step {step_ms:.1f} ms wall, "
+          f"{device_ms:.1f} ms device, {lm._decoder.dispatches} dispatches")
     if do_profile:
         profile(lm, rng)
     if structured:
-        step_ms = out.decode_ms / steps
         us = structured_overhead_us(cfg.vocab_size, rng)
         full_ms = step_ms * CONFIGS[kind]["num_hidden_layers"] / layers
         print(f"  structured output (JSON schema): {us:.0f} us/token of host work = {us / 10 / step_ms:.2f} % of this "
               f"{step_ms:.1f} ms decode step ({us / 10 / full_ms:.3f} % of the ~{full_ms:.0f} ms step of all "
               f"{CONFIGS[kind]['num_hidden_layers']} layers); target < 10 %")
     lm.close()
+    return [
+        {"what": f"prefill {prompt} tok, {NAMES[kind]}", "value": gflops, "unit": "GFLOP/s",
+         "bound": peaks["fma_gflops"], "bound_what": "FMA peak", "target": 25.0, "target_is": "GFLOP/s"},
+        {"what": f"decode, {NAMES[kind]}", "value": gbs, "unit": "GB/s", "tokens_per_s": tps,
+         "bound": peaks["read_gbs"], "bound_what": "read bw", "target": {"small": 0.25, "phi3": 0.30}.get(kind),
+         "target_is": "fraction"},
+    ]
 
 
 JUDGE_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["accuracy", "completeness", "rationale"],
@@ -222,22 +221,54 @@ def structured_overhead_us(vocab_size: int, rng, tokens: int = 1000) -> float:
     return spent / tokens * 1e6
 
 
-def main(argv=None):
+def run_long(kind: str, layers: int, contexts: list[int], new: int, peaks: dict) -> list[dict]:
+    """Decode after prompts of each length in `contexts`, against decode from an empty cache."""
+    rng = np.random.default_rng(1)
+    lm = build(kind, layers, max(contexts) + new + 2, rng, prefill_chunk=512)
+    per_token = lm._decoder.weight_bytes
+    lm.forward(input_ids=rng.integers(0, lm.config.vocab_size, 16), logits_to_keep=1)
+    base, _, _ = decode(lm, 1, new, rng)
+    print(f"{NAMES[kind]}, {layers} layers, {lm.kv_cache_dtype} KV cache: decode from an empty cache {base:.2f} tokens/s")
+    rows = []
+    targets = {512: 0.85, 4096: 0.60}
+    for ctx in contexts:
+        t = time.perf_counter()
+        tps, step_ms, device_ms = decode(lm, ctx, new, rng)
+        kv = kv_bytes_per_position(lm) * ctx
+        print(f"  decode after {ctx} tokens: {tps:7.2f} tokens/s = {tps / base:5.1%} of empty-cache decode; cache read "
+              f"per step {kv / 1e6:.1f} MB beside {per_token / 1e6:.0f} MB of weights (read-bound ratio "
+              f"{per_token / (per_token + kv):5.1%}); {step_ms:.1f} ms/step ({time.perf_counter() - t:.0f} s with the prefill)")
+        rows.append({"what": f"decode after {ctx} tok, {NAMES[kind]}", "value": tps, "unit": "tokens/s",
+                     "bound": base, "bound_what": "empty-cache decode", "target": targets.get(ctx), "target_is": "fraction"})
+    lm.close()
+    return rows
+
+
+def main(argv=None, peaks=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", choices=["phi3", "qwen2", "both"], default="both")
-    ap.add_argument("--layers", type=int, default=None, help="layers (default: 4 for Phi-3.5, 2 for Qwen2.5)")
-    ap.add_argument("--prompt", type=int, default=512)
-    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--model", choices=["small", "phi3", "qwen2", "both"], default="both", help="both: small and phi3")
+    ap.add_argument("--layers", type=int, default=None, help="layers (default: 8 small, 4 phi3, 2 qwen2)")
+    ap.add_argument("--prompt", type=int, default=512, help="prefill prompt length")
+    ap.add_argument("--new", type=int, default=128, help="decode steps")
+    ap.add_argument("--long", action="store_true", help="also decode after 512 and 4096 tokens (small shape)")
+    ap.add_argument("--quick", action="store_true", help="a 128-token prefill and 32 decode steps")
     ap.add_argument("--profile", action="store_true", help="also time the decode step's ops one by one")
     ap.add_argument("--no-structured", action="store_true",
                     help="skip timing structured output's per-token work (with the Phi-3.5-mini widths)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.prompt, args.new = 128, 32
     info = device_info()
-    bw, how = copy_bandwidth()
-    print(f"device: {info['name']} ({info['type']}); copy bandwidth {bw:.1f} GB/s ({how}, read + write)")
-    for kind in (["phi3", "qwen2"] if args.model == "both" else [args.model]):
-        layers = args.layers or (4 if kind == "phi3" else 2)
-        run(kind, layers, args.prompt, args.new, bw, args.profile, structured=kind == "phi3" and not args.no_structured)
+    peaks = peaks or measure_peaks()
+    print(f"device: {info['name']} ({info['type']}); read bandwidth {peaks['read_gbs']:.1f} GB/s ({peaks['read_how']}); "
+          f"FMA peak {peaks['fma_gflops']:.1f} GFLOP/s")
+    rows = []
+    for kind in (["small", "phi3"] if args.model == "both" else [args.model]):
+        rows += run(kind, args.layers or DEFAULT_LAYERS[kind], args.prompt, args.new, peaks, args.profile,
+                    structured=kind == "phi3" and not args.no_structured)
+    if args.long:
+        rows += run_long("small", DEFAULT_LAYERS["small"], [512, 4096], args.new, peaks)
+    return rows
 
 
 if __name__ == "__main__":

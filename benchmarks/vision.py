@@ -1,25 +1,23 @@
 """Throughput of the vision tower (SigLIP so400m + LDC + projector) on the chosen device (EYECARE_DEVICE),
-with random weights, next to the device's measured FMA peak (benchmarks/peaks.py).
+with random weights, next to the device's FMA peak measured in the same run (benchmarks/peaks.py), and
+the split of a view's time into its stages (patch embedding, attention, MLP, connector), each stage's
+ops timed on their own with the so400m shapes.
 
     python benchmarks/vision.py                       # so400m: 27 layers (26 run), 1 view, bf16
     python benchmarks/vision.py --layers 3 --views 2  # shorter: lavapipe takes many seconds a layer
-    python benchmarks/vision.py --breakdown           # also each op of one layer, timed on its own
 
 A view's work is counted as 2*M*N*K per matmul plus 4*T*T*D for attention (scores and weighted sum);
 achieved GFLOP/s divides the views' work by the wall time of the encode call (upload, one batch per
 chunk of views, read-back)."""
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import eyecare._core as core  # noqa: E402
-from eyecare.core import device_info, empty, tensor  # noqa: E402
-from eyecare.vision import VisionTower  # noqa: E402
-from peaks import fma_gflops, timed  # noqa: E402
+import eyecare._core as core
+from eyecare.core import device_info, empty, tensor
+from eyecare.vision import VisionTower, check_config
+from peaks import fma_gflops, timed
 
 SO400M = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, image_size=384, patch_size=14,
               hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
@@ -85,57 +83,80 @@ def flops_per_view(info, n_groups, d_llm):
     return patch + info["layers_run"] * layer + projector, layer
 
 
-def breakdown(dtype, views, rng, reps=1):
-    """Each op of one so400m layer over `views` views, on its own (the same shapes as in the pass)."""
-    D, F, H = 1152, 4304, 16
-    M = views * 729
-    x, big = tensor(rng.standard_normal((M, D), dtype=np.float32)), tensor(rng.standard_normal((M, F), dtype=np.float32))
-    y, ybig = empty((M, D)), empty((M, F))
-    w_dd = tensor(rng.standard_normal((D, D), dtype=np.float32) * 0.02, dtype)
-    w_3dd = tensor(rng.standard_normal((3 * D, D), dtype=np.float32) * 0.02, dtype)
-    w_fd = tensor(rng.standard_normal((F, D), dtype=np.float32) * 0.02, dtype)
-    w_df = tensor(rng.standard_normal((D, F), dtype=np.float32) * 0.02, dtype)
+def stages(dtype, views, d_llm, layers_run, rng, reps=1):
+    """Seconds and GFLOP of each stage of a pass over `views` so400m views: its ops recorded alone, with the
+    pass's shapes; the attention and MLP stages are one layer's, multiplied by the layers run."""
+    D, F, H, P, T = 1152, 4304, 16, 14, 729
+    M = views * T
+    w = lambda *shape: tensor(rng.standard_normal(shape, dtype=np.float32) * 0.02, dtype)  # noqa: E731
+    act = lambda *shape: tensor(rng.standard_normal(shape, dtype=np.float32))  # noqa: E731
+    pixels, patches = act(views, 3, 384, 384), empty((M, 3 * P * P))
+    x, xn, h = act(M, D), empty((M, D)), act(M, D)
+    q, k, v, att, mlp = empty((M, D)), empty((M, D)), empty((M, D)), empty((M, D)), empty((M, F))
+    w_patch, pos = w(D, 3 * P * P), act(T, D)
+    w_q, w_k, w_v, w_o, b_d = w(D, D), w(D, D), w(D, D), w(D, D), w(D)
+    w_1, b_1, w_2 = w(F, D), w(F), w(D, F)
     ln = tensor(np.ones(D, np.float32), dtype)
-    y3 = empty((M, 3 * D))
-    lens = tensor(np.full(views, 729, np.int32))
-    rows = [
-        ("layernorm", 0, lambda: core.op_layernorm(x, ln, ln, 1e-6, y)),
-        (f"matmul {M}x{D}x{D} (q, k, v, out each)", 2 * M * D * D, lambda: core.op_matmul(x, w_dd, None, y)),
-        (f"matmul {M}x{D}x{3 * D} (q, k, v fused)", 2 * M * D * 3 * D, lambda: core.op_matmul(x, w_3dd, None, y3)),
-        ("attention 16 heads of 72, non-causal", 4 * M * 729 * D,
-         lambda: core.op_attention(x, x, x, y, lens, views, 729, 729, H, H, 72, False, 72 ** -0.5)),
-        (f"matmul {M}x{D}x{F} (fc1)", 2 * M * D * F, lambda: core.op_matmul(x, w_fd, None, ybig)),
-        ("gelu_tanh", 0, lambda: core.op_activation("gelu_tanh", big, big)),
-        (f"matmul {M}x{F}x{D} (fc2)", 2 * M * F * D, lambda: core.op_matmul(big, w_df, None, y)),
-    ]
-    print(f"\none layer's ops over {views} view(s), each timed alone ({dtype} weights):")
-    for name, flops, run in rows:
+    lens = tensor(np.full(views, T, np.int32))
+    cat, y0, y1 = act(M, 3 * D), empty((M, d_llm)), empty((M, d_llm))
+    w_p0, w_p1, b_p = w(d_llm, 3 * D), w(d_llm, d_llm), w(d_llm)
+
+    def patch_embed():
+        core.op_patchify(pixels, P, patches)
+        core.op_matmul(patches, w_patch, b_d, x)
+        core.op_add(x, pos, x)
+
+    def attention():
+        core.op_layernorm(h, ln, ln, 1e-6, xn)
+        for wt, out in ((w_q, q), (w_k, k), (w_v, v)):
+            core.op_matmul(xn, wt, b_d, out)
+        core.op_attention(q, k, v, att, lens, views, T, T, H, H, D // H, False, (D // H) ** -0.5)
+        core.op_matmul(att, w_o, b_d, h, True)
+
+    def mlp_block():
+        core.op_layernorm(h, ln, ln, 1e-6, xn)
+        core.op_matmul(xn, w_1, b_1, mlp)
+        core.op_activation("gelu_tanh", mlp, mlp)
+        core.op_matmul(mlp, w_2, b_d, h, True)
+
+    def connector():
+        core.op_matmul(cat, w_p0, b_p, y0)
+        core.op_activation("gelu", y0, y0)
+        core.op_matmul(y0, w_p1, b_p, y1)
+
+    qkvo = 2 * M * D * D * 4
+    rows = [("patch embedding", 1, 2 * M * 3 * P * P * D, patch_embed),
+            ("attention (ln, q/k/v/out projections, SDPA)", layers_run, qkvo + 4 * views * T * T * D, attention),
+            ("  of which SDPA alone", layers_run, 4 * views * T * T * D,
+             lambda: core.op_attention(q, k, v, att, lens, views, T, T, H, H, D // H, False, (D // H) ** -0.5)),
+            ("MLP (ln, fc1, gelu, fc2)", layers_run, 2 * M * D * F * 2, mlp_block),
+            ("connector (projector)", 1, 2 * M * 3 * D * d_llm + 2 * M * d_llm * d_llm, connector)]
+    out = []
+    for name, times, flops, run in rows:
         sec = timed(run, reps)
-        rate = f"{flops / sec / 1e9:8.1f} GFLOP/s" if flops else ""
-        print(f"  {name:44s} {sec * 1e3:9.1f} ms {rate}")
+        out.append((name, sec * times, flops * times))
+    return out
 
 
-def main():
+def main(argv=None, peak=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=27, help="encoder layers in the config (default 27, so400m)")
     ap.add_argument("--views", type=int, default=1, help="views encoded in the timed call (default 1)")
     ap.add_argument("--max-views", type=int, default=None, help="views per pass (default: all views in one pass)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--d-llm", type=int, default=3072, help="projector width (3072: Phi-3.5, 3584: Qwen2.5 7B)")
-    ap.add_argument("--breakdown", action="store_true", help="also time each op of one layer on its own")
-    args = ap.parse_args()
+    ap.add_argument("--no-stages", action="store_true", help="skip the per-stage split")
+    args = ap.parse_args(argv)
     if args.layers < 1 or args.views < 1:
         ap.error("--layers and --views must be positive")
 
     info = device_info()
     print(f"device: {info['name']} ({info['type']})")
-    peak = fma_gflops()
-    print(f"peak: FMA {peak:.1f} GFLOP/s (benchmarks/peaks.py)")
+    peak = peak or fma_gflops()
+    print(f"peak: FMA {peak:.1f} GFLOP/s (benchmarks/peaks.py, this run)")
 
     rng = np.random.default_rng(0)
     config = config_for(args.layers, args.d_llm)
-    from eyecare.vision import check_config
-
     needed = check_config(config)["layers_run"]
     start = time.perf_counter()
     weights = random_weights(config, args.dtype, rng, needed)
@@ -151,7 +172,7 @@ def main():
     warm_up(args.dtype, args.d_llm, rng)
     start = time.perf_counter()
     tokens = tower.encode(pixels, grids)
-    sec = time.perf_counter() - start
+    sec = sec_pass = time.perf_counter() - start
     assert tokens.shape == (args.views * 729, ti["d_llm"]) and np.isfinite(tokens).all()
 
     n_groups = len(config["connector"]["groups"])
@@ -161,12 +182,20 @@ def main():
           f"(last pass on the device: {tower.info['last_device_ms']:.0f} ms)")
     print(f"work: {flops / 1e9:.1f} GFLOP/view ({layer_flops / 1e9:.1f} per layer); achieved {rate:.1f} GFLOP/s = "
           f"{rate / peak:.1%} of the FMA peak")
+    full = flops_per_view({**ti, "layers_run": 26}, 2, ti["d_llm"])[0]
     if args.layers != 27:
-        full = flops_per_view({**ti, "layers_run": 26}, 2, ti["d_llm"])[0]
         print(f"a 27-layer so400m view ({full / 1e9:.0f} GFLOP) would take about {full / rate / 1e9:.1f} s at this rate")
     tower.close()
-    if args.breakdown:
-        breakdown(args.dtype, args.views, rng)
+    if not args.no_stages:
+        split = stages(args.dtype, args.views, ti["d_llm"], ti["layers_run"], rng)
+        total = sum(sec for name, sec, _ in split if not name.startswith(" "))
+        print(f"\nstages of the pass over {args.views} view(s), each stage's ops timed alone ({ti['layers_run']} layers):")
+        for name, sec, flops in split:
+            share = "" if name.startswith(" ") else f"{sec / total:6.1%}"
+            print(f"  {name:46s} {sec * 1e3:9.0f} ms {share:>7s} {flops / sec / 1e9:8.1f} GFLOP/s")
+        print(f"  {'sum of the stages':46s} {total * 1e3:9.0f} ms (the whole pass: {sec_pass * 1e3:.0f} ms)")
+    return [{"what": "vision, so400m view", "value": rate, "unit": "GFLOP/s", "bound": peak, "bound_what": "FMA peak",
+             "target": 25.0, "target_is": "GFLOP/s", "note": f"{full / rate / 1e9:.1f} s per 27-layer view"}]
 
 
 if __name__ == "__main__":

@@ -236,18 +236,21 @@ class LanguageModel:
 
     def __init__(self, config: DecoderConfig, weights: dict, tokenizer: Tokenizer | None = None,
                  generation_config: dict | None = None, max_context: int = 4096, max_batch: int = 1,
-                 prefill_chunk: int = 256):
+                 prefill_chunk: int = 256, kv_cache_dtype: str = "float16"):
         if not isinstance(max_context, int) or max_context < 1:
             raise ValueError(f"max_context must be a positive number of tokens, not {max_context!r}")
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive number of sequences, not {max_batch!r}")
+        if kv_cache_dtype not in ("float16", "float32"):
+            raise ValueError(f"kv_cache_dtype must be 'float16' or 'float32', not {kv_cache_dtype!r}")
         self.config = config
         self.tokenizer = tokenizer
         self.generation_config = dict(generation_config or {})
         self.max_context = max_context
         self.max_batch = max_batch
+        self.kv_cache_dtype = kv_cache_dtype
         self._weights = weights
-        self._decoder = _core.decoder_type()(config.to_core(), weights, max_context, max_batch, prefill_chunk)
+        self._decoder = _core.decoder_type()(config.to_core(), weights, max_context, max_batch, prefill_chunk, kv_cache_dtype)
         self._lock = ModelLock("language model")
         eos = self.generation_config.get("eos_token_id", config.eos_token_id or None)
         if eos is None and tokenizer is not None:
@@ -259,7 +262,7 @@ class LanguageModel:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device=None, max_context: int = 4096, max_batch: int = 1,
-                        prefix: str | None = None, prefill_chunk: int = 256) -> "LanguageModel":
+                        prefix: str | None = None, prefill_chunk: int = 256, kv_cache_dtype: str = "float16") -> "LanguageModel":
         """Loads a checkpoint directory: config.json, the safetensors file(s), and when present
         tokenizer.json / tokenizer_config.json / generation_config.json.
 
@@ -267,7 +270,9 @@ class LanguageModel:
         the best device). max_context: tokens the KV cache holds per sequence (prompt and output).
         max_batch: sequences generated together. prefix: where the LLM's tensors are named
         (default: 'language_model.' when the checkpoint has such names, as EyecareGPT's do, else none).
-        prefill_chunk: prompt tokens processed per device batch (bounds the activation memory)."""
+        prefill_chunk: prompt tokens processed per device batch (bounds the activation memory).
+        kv_cache_dtype: 'float16' (default: half the cache memory, and half the bytes each decode step reads
+        from it; keys and values rounded to f16) or 'float32' (kept exactly as computed)."""
         from .safetensors import open_safetensors
 
         path = os.fspath(path)
@@ -285,7 +290,7 @@ class LanguageModel:
                 prefix = _detect_prefix(ckpt)
             weights = load_decoder_weights(ckpt, config, prefix)
         return cls(config, weights, tokenizer, generation_config, max_context=max_context, max_batch=max_batch,
-                   prefill_chunk=prefill_chunk)
+                   prefill_chunk=prefill_chunk, kv_cache_dtype=kv_cache_dtype)
 
     @classmethod
     def from_safetensors(cls, ckpt, config: DecoderConfig | dict, prefix: str = "", tokenizer: Tokenizer | None = None,
@@ -313,7 +318,7 @@ class LanguageModel:
     def __repr__(self):
         c = self.config
         return (f"LanguageModel({c.model_type}, {c.num_hidden_layers} layers, hidden {c.hidden_size}, vocab {c.vocab_size}, "
-                f"max_context {self.max_context}, max_batch {self.max_batch})")
+                f"max_context {self.max_context}, max_batch {self.max_batch}, kv_cache_dtype {self.kv_cache_dtype})")
 
     # --------------------------------------------------------------------------------------------
     # Tokens and embeddings

@@ -6,7 +6,7 @@ up to the allocator's 256-byte alignment (csrc/vk/vk_context.c), which is the fi
 
 - weights: the tensors the model uploads, in their stored dtype (the vision layers past those the
   connector reads and SigLIP's post_layernorm are not uploaded; Qwen2's q/k/v and gate/up are fused);
-- the KV cache: per layer [max_batch, max_context, 2 x KV width] float32;
+- the KV cache: per layer [max_batch, max_context, 2 x KV width] in kv_cache_dtype (float16 by default: 2 bytes);
 - the decoder's activations: one prefill chunk (256 tokens, or max_batch if larger) of float32 rows for
   each intermediate, plus the last rows and logits of each sequence;
 - the vision scratch: max_views views' float32 intermediates (patches, the encoder's, the connector's
@@ -101,8 +101,12 @@ def _vision_bytes(config: dict, stored: dict, max_views: int) -> tuple[int, int]
     return weights, scratch
 
 
+DECODE_SPLITS = 64  # csrc/model/decoder.c: the most key ranges decode attention splits a KV head into
+
+
 def device_memory(path: str | os.PathLike, *, max_context: int = 4096, max_batch: int = 1,
-                  max_views: int = DEFAULT_MAX_VIEWS, prefill_chunk: int = PREFILL_CHUNK) -> DeviceMemory:
+                  max_views: int = DEFAULT_MAX_VIEWS, prefill_chunk: int = PREFILL_CHUNK,
+                  kv_cache_dtype: str = "float16") -> DeviceMemory:
     """What EyecareGPT.from_pretrained(path, max_context=, max_batch=, max_views=) allocates on the device."""
     from .checkpoint import LANGUAGE_PREFIX, read_config
     from .config import DecoderConfig
@@ -111,6 +115,8 @@ def device_memory(path: str | os.PathLike, *, max_context: int = 4096, max_batch
     for name, value in (("max_context", max_context), ("max_batch", max_batch), ("max_views", max_views)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    if kv_cache_dtype not in ("float16", "float32"):
+        raise ValueError(f"kv_cache_dtype must be 'float16' or 'float32', not {kv_cache_dtype!r}")
     config = read_config(path)
     text = DecoderConfig.from_dict(config["text_config"])
     with open_safetensors(path) as ckpt:
@@ -124,11 +130,13 @@ def device_memory(path: str | os.PathLike, *, max_context: int = 4096, max_batch
     D, I, V = text.hidden_size, text.intermediate_size, text.vocab_size
     q = text.num_attention_heads * text.head_dim
     kv = text.num_key_value_heads * text.head_dim
-    kv_cache = text.num_hidden_layers * _aligned(max_batch * max_context * 2 * kv * 4)
+    kv_cache = text.num_hidden_layers * _aligned(max_batch * max_context * 2 * kv * (2 if kv_cache_dtype == "float16" else 4))
     R = max(prefill_chunk, max_batch)
     activations = sum(_aligned(4 * n) for n in (
         R * D, R * D,                 # x, h
         R * (q + 2 * kv), R * q,      # qkv, attention output
+        R * q,                        # q after RoPE
+        max_batch * text.num_attention_heads * DECODE_SPLITS * (text.head_dim + 2),  # split-K decode attention's partials
         R * 2 * I, R * I,             # gate_up, act
         max_batch * D, max_batch * V,  # last rows, logits
         R, R * text.rotary_dim,       # token ids (int32), the RoPE table

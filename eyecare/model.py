@@ -80,14 +80,15 @@ class EyecareGPT:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device=None, *, max_context: int = 4096, max_batch: int = 1,
                         max_views: int | None = None, max_device_memory: int | str | None = None,
-                        progress: bool = True) -> "EyecareGPT":
+                        progress: bool = True, kv_cache_dtype: str = "float16") -> "EyecareGPT":
         """Loads an EyecareGPT checkpoint directory (config.json, model.safetensors or shards + index,
         tokenizer.json, tokenizer_config.json, generation_config.json).
 
         device: index or name part of a Vulkan device (eyecare.devices()); default EYECARE_DEVICE, else
         the best one. max_context: tokens per conversation the KV cache holds. max_batch: requests
         generate() runs together. max_views: views per vision pass. max_device_memory: a cap on what
-        eyecare allocates on the device (bytes, or '8G').
+        eyecare allocates on the device (bytes, or '8G'). kv_cache_dtype: 'float16' (the default: half the
+        cache memory and the bytes a decode step reads) or 'float32' (the cache bit for bit as computed).
 
         Every missing or misshapen tensor is named in one FormatError before anything is uploaded."""
         from . import _core
@@ -127,7 +128,7 @@ class EyecareGPT:
                                      connector_prefix=CONNECTOR_PREFIX, max_views=max_views)
                 language = LanguageModel.from_safetensors(ckpt, text_config, prefix=LANGUAGE_PREFIX, tokenizer=tokenizer,
                                                           generation_config=generation_config, max_context=max_context,
-                                                          max_batch=max_batch)
+                                                          max_batch=max_batch, kv_cache_dtype=kv_cache_dtype)
                 bar.update(bar.total - bar.n)
         return cls(config, processor, vision, language, path)
 

@@ -9,6 +9,7 @@
 // Fetches whose address differs per lane are what llvmpipe does slowest, so on the fast path the
 // lanes fetch a key row together (lane l takes texels l, l + width, ...) and share it by subgroup
 // broadcast: D/4 fetches per key become D/(4*width).
+// K and V are f32 or f16 (specialization constant 1, the KV cache's dtype); q and the output are f32.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #include "common.glsl"
@@ -24,7 +25,13 @@ layout(std430, binding = 4) buffer O { float o[]; };
 
 layout(push_constant) uniform Push { ec_attention_push p; };
 
-vec4 fetch4(utextureBuffer buf, uint e) { return uintBitsToFloat(texelFetch(buf, int(e >> 2))); }
+// Values e .. e + 3 of K or V, e a multiple of 4: an f32 texel, or half of an f16 texel.
+vec4 fetch4(utextureBuffer buf, uint e)
+{
+    if (WTYPE == W_F32) return uintBitsToFloat(texelFetch(buf, int(e >> 2)));
+    uvec4 t = texelFetch(buf, int(e >> 3));
+    return (e & 4u) == 0 ? vec4(unpackHalf2x16(t.x), unpackHalf2x16(t.y)) : vec4(unpackHalf2x16(t.z), unpackHalf2x16(t.w));
+}
 
 void main()
 {
@@ -83,12 +90,12 @@ void main()
             if (s > last) continue;
             uint kb = p.k_off + kv_head + uint(s) * p.kv_row, vb = kb - p.k_off + p.v_off;
             float score = 0.0;
-            [[unroll]] for (uint d = 0; d < D; d++) score += qv[d] * fetch_f32(K, kb + d);
+            [[unroll]] for (uint d = 0; d < D; d++) score += qv[d] * fetch_elem(K, kb + d);
             float m_new = max(m, score);
             float corr = exp(m - m_new), w = exp(score - m_new);
             l = l * corr + w;
             m = m_new;
-            [[unroll]] for (uint d = 0; d < D; d++) acc[d] = acc[d] * corr + w * fetch_f32(V, vb + d);
+            [[unroll]] for (uint d = 0; d < D; d++) acc[d] = acc[d] * corr + w * fetch_elem(V, vb + d);
         }
         [[unroll]] for (uint d = 0; d < D; d++) o_out[d] = acc[d];
     }

@@ -37,7 +37,20 @@ struct ec_matmul_push {
     EC_UINT n0, y_stride;  /* W row n is output column n0 + n; y rows are y_stride floats apart */
 };
 #define EC_MATMUL_SPEC(X) X(2, BTYPE, 0) X(3, TM, 4) X(4, TN, 4)  /* bias dtype; rows x columns per invocation */
-#define EC_MATVEC_SPEC(X) X(2, BTYPE, 0) X(3, ROWS, 16) X(4, NM, 1)  /* bias dtype; W rows per workgroup; x vectors (M, at most 8) */
+/* matvec's own push constants: x row m starts at x_off + m * x_stride (texels of its view); up_off: where
+ * the up half starts within a row for PRE 2; eps: RMSNorm's for PRE 1. */
+struct ec_matvec_push {
+    EC_UINT M, N, K;       /* N: rows of W in this dispatch (a piece of W past the texel reach, else all) */
+    EC_UINT x_off, y_off;
+    EC_UINT has_bias, accumulate, aligned;
+    EC_UINT w_off;         /* element of the bound W view where this dispatch's row 0 starts */
+    EC_UINT n0, y_stride;  /* W row n is output column n0 + n; y rows are y_stride floats apart */
+    EC_UINT x_stride, up_off;
+    float eps;
+};
+/* bias dtype; W rows per workgroup; x vectors (M, at most 8); input transform (0 none, 1 RMSNorm, 2 silu-gated);
+ * the RMSNorm weight's dtype */
+#define EC_MATVEC_SPEC(X) X(2, BTYPE, 0) X(3, ROWS, 16) X(4, NM, 1) X(5, PRE, 0) X(6, GTYPE, 0)
 
 /* ---- add: o[i] = a[i] + alpha * b[(b_start + i) % nb] ---- */
 struct ec_add_push {
@@ -75,6 +88,14 @@ struct ec_rope_push {
 };
 #define EC_ROPE_SPEC(X)
 
+/* ---- rope_kv: RoPE on q and k of T rows of the fused qkv projection, q into q_out, k and v into the
+ * KV cache (in its dtype, specialization constant 1); offsets and strides in values of each buffer ---- */
+struct ec_rope_kv_push {
+    EC_UINT T, Hq, Hkv, head_dim, rot_dim;
+    EC_UINT src_off, src_row, cs_off, q_off, q_row, kv_off, kv_row;
+};
+#define EC_ROPE_KV_SPEC(X)
+
 /* ---- attention: online-softmax SDPA with grouped-query heads ---- */
 struct ec_attention_push {
     EC_UINT T, Hq, Hkv, causal;
@@ -86,6 +107,31 @@ struct ec_attention_push {
     float scale;
 };
 #define EC_ATTENTION_SPEC(X) X(2, D, 64)  /* head dimension (any up to 256: 72 for SigLIP, 128 for Qwen2) */
+/* K and V of attention and attention_decode are read in the dtype of specialization constant 1 (f32 or f16:
+ * the KV cache's dtype); q and the output are f32. */
+
+/* ---- attention_decode: one query token per sequence (decode), split-K over the cached keys ----
+ * A workgroup takes one KV head and one range of split_len keys, for the whole group of G query heads
+ * that share that KV head (so the cache is read once per group, not once per query head). With
+ * splits == 1 it writes the normalized output; otherwise each (sequence, query head, split) writes
+ * its partial softmax state {max, sum, acc[D]} for attention_combine. */
+struct ec_attention_decode_push {
+    EC_UINT Hq, Hkv;
+    EC_UINT b0;                           /* first sequence of this dispatch: b = b0 + workgroup z; the K/V views
+                                             start at sequence b0 (k/v elements below use b - b0) */
+    EC_UINT q_off, q_seq;                 /* q element (b,h,d) = q_off + b*q_seq + h*D + d */
+    EC_UINT k_off, v_off, kv_row, kv_seq; /* k/v element (b,s,h,d) = k_off + (b-b0)*kv_seq + s*kv_row + h*D + d */
+    EC_UINT o_off, o_seq;                 /* output (b,h,d) = o_off + b*o_seq + h*D + d, or the partials' base */
+    EC_UINT splits, split_len;
+    float scale;
+};
+#define EC_ATTENTION_DECODE_SPEC(X) X(2, D, 64) X(3, G, 1)  /* head dimension; query heads per KV head */
+
+/* ---- attention_combine: merges the splits' partial softmax states of attention_decode ---- */
+struct ec_attention_combine_push {
+    EC_UINT Hq, splits, part_off, o_off, o_seq;
+};
+#define EC_ATTENTION_COMBINE_SPEC(X) X(2, D, 64)
 
 /* ---- embedding: o[t, :] = table[ids[t], :] ---- */
 struct ec_embedding_push {
@@ -100,6 +146,9 @@ struct ec_copy2d_push {
     EC_UINT rows, cols, src_off, src_stride, dst_off, dst_stride;
 };
 #define EC_COPY2D_SPEC(X)
+/* copy2d_f16: the same block from f32 to f16 (the KV cache append); dst_off, dst_stride and cols even,
+ * counted in f16 elements. */
+#define EC_COPY2D_F16_SPEC(X)
 
 /* ---- pool2d: adaptive average pooling of [B, H*W, C] token grids to [B, OH*OW, C] ---- */
 struct ec_pool2d_push {
@@ -147,9 +196,14 @@ EC_SPEC_STRUCT(norm, EC_NORM_SPEC)
 EC_SPEC_STRUCT(activation, EC_ACTIVATION_SPEC)
 EC_SPEC_STRUCT(softmax, EC_SOFTMAX_SPEC)
 EC_SPEC_STRUCT(rope, EC_ROPE_SPEC)
+EC_SPEC_STRUCT(rope_kv, EC_ROPE_KV_SPEC)
 EC_SPEC_STRUCT(attention, EC_ATTENTION_SPEC)
+EC_SPEC_STRUCT(attention_tiled, EC_ATTENTION_SPEC)  /* attention_tiled.comp: attention's push and constants */
+EC_SPEC_STRUCT(attention_decode, EC_ATTENTION_DECODE_SPEC)
+EC_SPEC_STRUCT(attention_combine, EC_ATTENTION_COMBINE_SPEC)
 EC_SPEC_STRUCT(embedding, EC_EMBEDDING_SPEC)
 EC_SPEC_STRUCT(copy2d, EC_COPY2D_SPEC)
+EC_SPEC_STRUCT(copy2d_f16, EC_COPY2D_F16_SPEC)
 EC_SPEC_STRUCT(pool2d, EC_POOL2D_SPEC)
 EC_SPEC_STRUCT(argmax, EC_ARGMAX_SPEC)
 EC_SPEC_STRUCT(patchify, EC_PATCHIFY_SPEC)

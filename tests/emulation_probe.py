@@ -67,6 +67,71 @@ for b in range(B):
         want[b, h * D:(h + 1) * D] = p @ vs / p.sum()
 errors["attention"] = rel_err(att.numpy(), want)
 
+# The same decode attention over an f16 cache (the decoder's default), split-K over the keys with the partial results
+# merged by the combine kernel; K and V each 2 x 4200 rows x 1024 f16 values (16.4 MiB: split by sequence).
+B2, S2, H2, Hkv2, D2 = 2, 4200, 32, 8, 128
+lens2 = np.array([4200, 700], np.int32)
+q2 = rand(B2, H2 * D2)
+kv2 = rand(B2 * S2, 2 * Hkv2 * D2).astype(np.float16)  # k | v per row, as the decoder's cache holds them
+kt, vt = tensor(np.ascontiguousarray(kv2[:, :Hkv2 * D2]), "float16"), tensor(np.ascontiguousarray(kv2[:, Hkv2 * D2:]), "float16")
+att2, part2 = empty((B2, H2 * D2)), empty((B2 * H2 * 16, D2 + 2))
+core.op_attention(tensor(q2), kt, vt, att2, tensor(lens2), B2, 1, S2, H2, Hkv2, D2, True, D2 ** -0.5, part2, 6, 4200)
+want2 = np.zeros((B2, H2 * D2))
+for b in range(B2):
+    for h in range(H2):
+        hk = h // (H2 // Hkv2)
+        ks = kv2[b * S2:b * S2 + lens2[b], hk * D2:(hk + 1) * D2].astype(np.float64)
+        vs = kv2[b * S2:b * S2 + lens2[b], (Hkv2 + hk) * D2:(Hkv2 + hk + 1) * D2].astype(np.float64)
+        s = ks @ q2[b, h * D2:(h + 1) * D2].astype(np.float64) * D2 ** -0.5
+        p = np.exp(s - s.max())
+        want2[b, h * D2:(h + 1) * D2] = p @ vs / p.sum()
+errors["attention_f16_split_k"] = rel_err(att2.numpy(), want2)
+
+# Prefill attention (9 queries per sequence, causal) over that f16 cache: the tiled kernel on a CPU device.
+T3 = 9
+q3 = rand(B2 * T3, H2 * D2)
+att3 = empty((B2 * T3, H2 * D2))
+core.op_attention(tensor(q3), kt, vt, att3, tensor(lens2), B2, T3, S2, H2, Hkv2, D2, True, D2 ** -0.5)
+want3 = np.zeros((B2 * T3, H2 * D2))
+for b in range(B2):
+    for h in range(H2):
+        hk = h // (H2 // Hkv2)
+        ks = kv2[b * S2:b * S2 + lens2[b], hk * D2:(hk + 1) * D2].astype(np.float64)
+        vs = kv2[b * S2:b * S2 + lens2[b], (Hkv2 + hk) * D2:(Hkv2 + hk + 1) * D2].astype(np.float64)
+        s = q3[b * T3:(b + 1) * T3, h * D2:(h + 1) * D2].astype(np.float64) @ ks.T * D2 ** -0.5
+        pos = lens2[b] - T3 + np.arange(T3)
+        s = np.where(np.arange(lens2[b])[None, :] <= pos[:, None], s, -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        want3[b * T3:(b + 1) * T3, h * D2:(h + 1) * D2] = p @ vs / p.sum(-1, keepdims=True)
+errors["attention_prefill_f16"] = rel_err(att3.numpy(), want3)
+
+# Decode's fused mat-vecs with the split weight above: RMSNorm inside the projection, silu(gate) * up inside down's.
+xn = rand(2, K)
+gn = rand(K)
+yn = empty((2, N))
+core.op_rmsnorm_matmul(tensor(xn), tensor(gn), 1e-6, empty((2, K)), wt, bt, yn)
+xnd = xn.astype(np.float64)
+hn = xnd / np.sqrt((xnd ** 2).mean(-1, keepdims=True) + 1e-6) * gn
+errors["rmsnorm_matvec"] = rel_err(yn.numpy(), hn @ wr.T + bias)
+gu = rand(2, 2 * K)
+ys2 = empty((2, N))
+core.op_silu_mul_matmul(tensor(gu), empty((2, K)), wt, ys2)
+gd, ud = gu[:, :K].astype(np.float64), gu[:, K:].astype(np.float64)
+errors["silu_mul_matvec"] = rel_err(ys2.numpy(), (gd / (1 + np.exp(-gd)) * ud) @ wr.T)
+
+# RoPE with the append into an f16 cache (rows 3 and 4 of 6).
+qkv4 = rand(2, (4 + 2 * 2) * 16)
+ang = (3 + np.arange(2))[:, None] * (1.0 / (10000 ** (np.arange(0, 16, 2) / 16)))[None]
+tab = np.concatenate([np.cos(ang), np.sin(ang)], 1).astype(np.float32)
+q4, cache4 = empty((2, 64)), tensor(np.zeros((6, 64), np.float16), "float16")
+core.op_rope_kv(tensor(qkv4), tensor(tab), 4, 2, 16, 16, q4, cache4, 3)
+x4 = qkv4.astype(np.float64).reshape(2, 8, 16)
+c4, s4 = np.concatenate([np.cos(ang)] * 2, 1)[:, None], np.concatenate([np.sin(ang)] * 2, 1)[:, None]
+r4 = x4 * c4 + np.concatenate([-x4[..., 8:], x4[..., :8]], -1) * s4
+errors["rope_kv"] = max(rel_err(q4.numpy(), r4[:, :4].reshape(2, 64)),
+                        rel_err(cache4.numpy()[3:5].astype(np.float64),
+                                np.concatenate([r4[:, 4:6].reshape(2, 32), qkv4[:, 96:]], 1).astype(np.float16)))
+
 # Reductions (several subgroups per workgroup under gpu-workgroups): rmsnorm, layernorm, softmax, argmax, with rows
 # longer and shorter than a workgroup; one argmax row all -inf (masked), which must give index 0 as torch does.
 xr = rand(5, 1000)

@@ -214,6 +214,54 @@ def test_rope_on_a_column_range_of_fused_qkv():
     close(t.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("T,H,Hkv,D,rot", [(1, 4, 4, 16, 16), (3, 14, 2, 8, 8), (5, 2, 1, 96, 64)])
+def test_rope_kv_rotates_q_and_appends_k_v_to_the_cache(kv_dtype, T, H, Hkv, D, rot):
+    # One sequence's T new rows of q | k | v: q rotated into q_out, k rotated and v copied into cache rows
+    # 4 .. 4 + T (rows before and after untouched), in the cache's dtype.
+    qkv = rand(T, (H + 2 * Hkv) * D)
+    ang = (4 + np.arange(T))[:, None] * (1.0 / (10000 ** (np.arange(0, rot, 2) / rot)))[None]
+    table = np.concatenate([np.cos(ang), np.sin(ang)], 1).astype(np.float32)
+    cache0 = rand(12, 2 * Hkv * D).astype(kv_dtype)
+    q, cache = empty((T, H * D)), tensor(cache0, kv_dtype)
+    core.op_rope_kv(tensor(qkv), tensor(table), H, Hkv, D, rot, q, cache, 4)
+    cos, sin = table[:, :rot // 2], table[:, rot // 2:]
+    close(q.numpy(), rope_reference(qkv[:, :H * D], cos, sin, H, D, rot), rtol=1e-5, atol=1e-5)
+    k = rope_reference(qkv[:, H * D:(H + Hkv) * D], cos, sin, Hkv, D, rot)
+    want = cache0.astype(np.float64)
+    want[4:4 + T] = np.concatenate([k, qkv[:, (H + Hkv) * D:]], 1)
+    got = cache.numpy().astype(np.float64)
+    if kv_dtype == "float16":  # rounded once, from the f32 result: at most half an f16 ulp from the exact value
+        close(got, want, rtol=2 ** -11, atol=1e-6)
+    else:
+        close(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[:4], cache0[:4])
+    np.testing.assert_array_equal(got[4 + T:], cache0[4 + T:])
+
+
+@pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
+@pytest.mark.parametrize("M,K,N,bias", [(1, 64, 40, False), (3, 96, 33, True), (1, 37, 20, True), (12, 64, 24, False)])
+def test_rmsnorm_matmul(dtype, M, K, N, bias):
+    # Decode (M <= 8): the norm inside the mat-vec; aligned and unaligned K; M = 12: rmsnorm then the GEMM.
+    x, g, w, b, y0 = rand(M, K, scale=2), rand(K), rand(N, K, scale=0.1), rand(N), rand(M, N)
+    y = tensor(y0)
+    core.op_rmsnorm_matmul(tensor(x), tensor(g, dtype), 1e-5, empty((M, K)), tensor(w, dtype), tensor(b, dtype) if bias else None,
+                           y, True)
+    xd = x.astype(np.float64)
+    h = xd / np.sqrt((xd ** 2).mean(-1, keepdims=True) + 1e-5) * rounded(g, dtype)
+    want = y0 + h @ rounded(w, dtype).T + (rounded(b, dtype) if bias else 0)
+    close(y.numpy(), want, rtol=1e-4, atol=1e-5 * math.sqrt(K))
+
+
+@pytest.mark.parametrize("M,F,N", [(1, 48, 40), (2, 13, 24), (12, 48, 8)])
+def test_silu_mul_matmul(M, F, N):
+    gu, w = rand(M, 2 * F, scale=2), rand(N, F, scale=0.1)
+    y = empty((M, N))
+    core.op_silu_mul_matmul(tensor(gu), empty((M, F)), tensor(w, "bfloat16"), y)
+    g, u = gu[:, :F].astype(np.float64), gu[:, F:].astype(np.float64)
+    close(y.numpy(), (g / (1 + np.exp(-g)) * u) @ rounded(w, "bfloat16").T, rtol=1e-4, atol=1e-5 * math.sqrt(F))
+
+
 def attention_reference(q, k, v, lens, B, T, S, H, Hkv, D, causal, scale):
     out = np.zeros((B * T, H * D))
     for b in range(B):
@@ -245,6 +293,51 @@ def test_attention(B, T, S, H, Hkv, D, causal, lens):
     scale = D ** -0.5
     core.op_attention(tensor(q), tensor(k), tensor(v), out, tensor(np.array(lens, np.int32)), B, T, S, H, Hkv, D, causal, scale)
     close(out.numpy(), attention_reference(q, k, v, lens, B, T, S, H, Hkv, D, causal, scale), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("B,S,H,Hkv,D,lens,splits", [
+    (1, 40, 4, 4, 16, [40], 1),             # one key range per KV head: the output written directly
+    (2, 50, 14, 2, 8, [13, 50], 4),         # 7 query heads per KV head, 4 key ranges, one range empty for b=0
+    (1, 300, 2, 2, 96, [300], 0),           # Phi-3's head dim, ranges chosen by the op
+    (2, 70, 8, 1, 128, [1, 70], 5),         # Qwen2's head dim, a sequence of one key
+    (1, 9, 3, 3, 6, [9], 2),                # head dim not a multiple of 8: the element-wise path
+])
+def test_attention_decode_split_k(kv_dtype, B, S, H, Hkv, D, lens, splits):
+    # One query token per sequence (decode): the split-K kernel and, with several ranges, the combine
+    # kernel; K and V in the KV cache's dtype (the reference holds the same rounded values).
+    q, k, v = rand(B, H * D), rand(B * S, Hkv * D), rand(B * S, Hkv * D)
+    out = empty((B, H * D))
+    partials = empty((B * H * 8, D + 2))
+    scale = D ** -0.5
+    core.op_attention(tensor(q), tensor(k, kv_dtype), tensor(v, kv_dtype), out, tensor(np.array(lens, np.int32)), B, 1, S,
+                      H, Hkv, D, True, scale, partials, splits, max(lens))
+    want = attention_reference(q, rounded(k, kv_dtype), rounded(v, kv_dtype), lens, B, 1, S, H, Hkv, D, True, scale)
+    close(out.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("B,T,S,H,Hkv,D,lens", [(1, 5, 40, 4, 1, 128, [25]), (2, 3, 12, 14, 2, 8, [7, 12]), (1, 4, 9, 2, 2, 6, [9])])
+def test_attention_prefill_reads_an_f16_cache(B, T, S, H, Hkv, D, lens):
+    q, k, v = rand(B * T, H * D), rand(B * S, Hkv * D), rand(B * S, Hkv * D)
+    out = empty((B * T, H * D))
+    scale = D ** -0.5
+    core.op_attention(tensor(q), tensor(k, "float16"), tensor(v, "float16"), out, tensor(np.array(lens, np.int32)), B, T, S,
+                      H, Hkv, D, True, scale)
+    want = attention_reference(q, rounded(k, "float16"), rounded(v, "float16"), lens, B, T, S, H, Hkv, D, True, scale)
+    close(out.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_copy_to_f16_rounds_like_numpy():
+    # A block of an f32 tensor (column range, row stride) into a column range of an f16 tensor: the KV append.
+    src = rand(6, 20, scale=100.0)
+    src[0, 2:6] = [65504.0, 3e-7, -0.0, 2049.0]  # largest f16, an f16 subnormal, a sign, a tie rounded to even
+    dst = tensor(np.zeros((5, 24), np.float16))
+    core.op_copy_to_f16(tensor(src), 2, 20, dst, 4, 24, 5, 14)
+    want = np.zeros((5, 24), np.float16)
+    want[:, 4:18] = src[:5, 2:16].astype(np.float16)
+    np.testing.assert_array_equal(dst.numpy().view(np.uint16), want.view(np.uint16))
+    with pytest.raises(ValueError, match="even"):
+        core.op_copy_to_f16(tensor(src), 0, 20, dst, 3, 24, 2, 4)
 
 
 @pytest.mark.parametrize("dtype", WEIGHT_DTYPES)

@@ -11,8 +11,10 @@
 
 typedef struct {
     ec_tensor *input_norm, *qkv, *qkv_bias, *o, *post_norm, *gate_up, *down; /* borrowed */
-    /* The KV cache: [max_batch, capacity, 2 * kv_dim] f32; a position's row holds its k, then its v.
-     * k and v sit side by side in the qkv projection's output too, so one copy appends both. */
+    /* The KV cache: [max_batch, capacity, 2 * kv_dim] in cfg.kv_dtype (f16 by default: a decode step
+     * after a long prompt reads it all, so half the bytes is half that time); a position's row holds
+     * its k, then its v. k and v sit side by side in the qkv projection's output too, so one copy
+     * appends both. */
     ec_tensor *kv;
 } ec_layer;
 
@@ -34,6 +36,7 @@ struct ec_decoder {
     ec_tensor *x;        /* the residual stream */
     ec_tensor *h;        /* x normalized: the input of a projection */
     ec_tensor *qkv;      /* q | k | v per token */
+    ec_tensor *qr;       /* q after RoPE */
     ec_tensor *attn;     /* attention output, heads concatenated */
     ec_tensor *gate_up;  /* gate | up per token */
     ec_tensor *act;      /* silu(gate) * up */
@@ -44,6 +47,7 @@ struct ec_decoder {
     ec_tensor *ids;      /* int32 [chunk] */
     ec_tensor *rope;     /* [chunk, rot_dim]: cos | sin for each row's position */
     ec_tensor *lens;     /* int32 [max_batch]: keys per sequence after this chunk */
+    ec_tensor *partials; /* split-K decode attention's partial results (ec_attention_args.partials) */
     int32_t *ids_host, *lens_host;
     float *rope_host;
 
@@ -76,6 +80,9 @@ static ec_status scratch(ec_context *ctx, ec_dtype dtype, int64_t rows, int64_t 
 }
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* The most key ranges a decode step's attention splits each KV head into (ops.c picks how many). */
+#define DECODE_SPLITS 64
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* ------------------------------------------------------------------------------------------------
@@ -253,6 +260,9 @@ static ec_status check_config(const ec_decoder_config *c)
     if (c->short_factor && c->original_max < 1)
         return ec_fail(EC_ERR_ARG, "%s config: LongRoPE needs original_max_position_embeddings", c->model_type);
     if (c->window < 0) return ec_fail(EC_ERR_ARG, "%s config: negative sliding window", c->model_type);
+    if (c->head_dim % 2) return ec_fail(EC_ERR_ARG, "%s config: head_dim %lld is odd (RoPE rotates pairs)", c->model_type, (long long)c->head_dim);
+    if (c->kv_dtype != EC_F32 && c->kv_dtype != EC_F16)
+        return ec_fail(EC_ERR_ARG, "the KV cache must be float16 or float32, not %s", ec_dtype_name(c->kv_dtype));
     return EC_OK;
 }
 
@@ -301,10 +311,10 @@ ec_status ec_decoder_create(ec_context *ctx, const ec_decoder_config *cfg, const
 
     /* The cache of one layer is read through texel views; attention splits it between views by sequence, so
      * the reach limits one sequence's cache. */
-    uint64_t kv_bytes = (uint64_t)max_batch * (uint64_t)capacity * (uint64_t)(2 * d->kv_dim) * 4;
-    uint64_t seq_bytes = (uint64_t)capacity * (uint64_t)(2 * d->kv_dim) * 4;
+    uint64_t kv_values = (uint64_t)max_batch * (uint64_t)capacity * (uint64_t)(2 * d->kv_dim);
+    uint64_t seq_bytes = (uint64_t)capacity * (uint64_t)(2 * d->kv_dim) * ec_dtype_size(cfg->kv_dtype);
     uint64_t reach = ec_texel_reach(ctx) - 512;
-    if (seq_bytes > reach || kv_bytes / 4 > UINT32_MAX) {
+    if (seq_bytes > reach || kv_values > UINT32_MAX) {
         s = ec_fail(EC_ERR_LIMIT, "the KV cache of one layer would take %.0f MiB for each of %d sequence(s) of %lld tokens, over "
                     "the device's %.0f MiB reach; lower max_context or max_batch", seq_bytes / 1048576.0, max_batch,
                     (long long)capacity, reach / 1048576.0);
@@ -312,15 +322,17 @@ ec_status ec_decoder_create(ec_context *ctx, const ec_decoder_config *cfg, const
     }
     for (int64_t l = 0; l < cfg->layers; l++) {
         int64_t shape[3] = {max_batch, capacity, 2 * d->kv_dim};
-        if ((s = ec_tensor_create(ctx, EC_F32, 3, shape, &d->layers[l].kv))) goto fail;
+        if ((s = ec_tensor_create(ctx, cfg->kv_dtype, 3, shape, &d->layers[l].kv))) goto fail;
     }
     int64_t R = d->chunk, D = cfg->hidden;
     if ((s = scratch(ctx, EC_F32, R, D, &d->x)) || (s = scratch(ctx, EC_F32, R, D, &d->h)) ||
         (s = scratch(ctx, EC_F32, R, d->qkv_dim, &d->qkv)) || (s = scratch(ctx, EC_F32, R, d->q_dim, &d->attn)) ||
+        (s = scratch(ctx, EC_F32, R, d->q_dim, &d->qr)) ||
         (s = scratch(ctx, EC_F32, R, 2 * cfg->intermediate, &d->gate_up)) ||
         (s = scratch(ctx, EC_F32, R, cfg->intermediate, &d->act)) || (s = scratch(ctx, EC_F32, max_batch, D, &d->last)) ||
         (s = scratch(ctx, EC_F32, max_batch, cfg->vocab, &d->logits)) || (s = scratch(ctx, EC_I32, R, 0, &d->ids)) ||
-        (s = scratch(ctx, EC_F32, R, cfg->rot_dim, &d->rope)) || (s = scratch(ctx, EC_I32, max_batch, 0, &d->lens)))
+        (s = scratch(ctx, EC_F32, R, cfg->rot_dim, &d->rope)) || (s = scratch(ctx, EC_I32, max_batch, 0, &d->lens)) ||
+        (s = scratch(ctx, EC_F32, (int64_t)max_batch * cfg->heads * DECODE_SPLITS, cfg->head_dim + 2, &d->partials)))
         goto fail;
     d->logits_rows = max_batch;
 
@@ -342,7 +354,8 @@ void ec_decoder_destroy(ec_decoder *d)
     if (!d) return;
     if (d->layers)
         for (int64_t l = 0; l < d->cfg.layers; l++) ec_tensor_destroy(d->layers[l].kv);
-    ec_tensor *owned[] = {d->x, d->h, d->qkv, d->attn, d->gate_up, d->act, d->last, d->logits, d->ids, d->rope, d->lens};
+    ec_tensor *owned[] = {d->x, d->h, d->qkv, d->qr, d->attn, d->gate_up, d->act, d->last, d->logits, d->ids, d->rope, d->lens,
+                          d->partials};
     for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++) ec_tensor_destroy(owned[i]);
     free(d->layers);
     free(d->lengths);
@@ -359,23 +372,19 @@ void ec_decoder_destroy(ec_decoder *d)
 /* ------------------------------------------------------------------------------------------------
  * The forward pass */
 
-/* Appends this chunk's k and v (adjacent columns of the qkv output) to each sequence's cache rows. */
-static ec_status append_kv(ec_decoder *d, ec_tensor *kv, ec_tensor *qkv, int first, int batch, int64_t tokens, int64_t t0)
+/* RoPE on this chunk's q and k, q into qr and k, v into each sequence's cache rows after what it holds. */
+static ec_status rope_and_append(ec_decoder *d, ec_tensor *kv, ec_tensor *qkv, ec_tensor *qr, int first, int batch,
+                                 int64_t tokens, int64_t t0)
 {
+    const ec_decoder_config *c = &d->cfg;
     size_t row = (size_t)(2 * d->kv_dim), cap = (size_t)d->capacity;
-    int same = tokens == 1;
-    for (int b = 1; b < batch && same; b++) same = d->lengths[first + b] == d->lengths[first];
-    uint64_t span = (uint64_t)batch * cap * row * 4;
-    if (same && span + d->ctx->limits.minStorageBufferOffsetAlignment <= d->ctx->limits.maxStorageBufferRange) {
-        /* A decode step of sequences of one length: their rows are a fixed stride apart, one copy. */
-        ec_cols src = {qkv, (size_t)d->q_dim, (size_t)d->qkv_dim};
-        ec_cols dst = {kv, ((size_t)first * cap + (size_t)(d->lengths[first] + t0)) * row, cap * row};
-        return ec_op_copy(d->ctx, src, dst, batch, (int64_t)row);
-    }
     for (int b = 0; b < batch; b++) {
-        ec_cols src = {qkv, (size_t)(b * tokens * d->qkv_dim + d->q_dim), (size_t)d->qkv_dim};
+        size_t r0 = (size_t)(b * tokens);
+        ec_cols src = {qkv, r0 * (size_t)d->qkv_dim, (size_t)d->qkv_dim};
+        ec_cols table = {d->rope, r0 * (size_t)c->rot_dim, (size_t)c->rot_dim};
+        ec_cols q = {qr, r0 * (size_t)d->q_dim, (size_t)d->q_dim};
         ec_cols dst = {kv, ((size_t)(first + b) * cap + (size_t)(d->lengths[first + b] + t0)) * row, row};
-        EC_TRY(ec_op_copy(d->ctx, src, dst, tokens, (int64_t)row));
+        EC_TRY(ec_op_rope_kv(d->ctx, src, tokens, (int)c->heads, (int)c->kv_heads, (int)c->head_dim, (int)c->rot_dim, table, q, dst));
     }
     return EC_OK;
 }
@@ -386,9 +395,12 @@ static ec_status record_chunk(ec_decoder *d, int first, int batch, int64_t token
 {
     ec_context *ctx = d->ctx;
     const ec_decoder_config *c = &d->cfg;
-    int64_t R = batch * tokens, F = c->intermediate;
+    int64_t R = batch * tokens;
     ec_tensor x = rows_view(d->x, R), h = rows_view(d->h, R), qkv = rows_view(d->qkv, R), attn = rows_view(d->attn, R);
-    ec_tensor gate_up = rows_view(d->gate_up, R), act = rows_view(d->act, R);
+    ec_tensor gate_up = rows_view(d->gate_up, R), act = rows_view(d->act, R), qr = rows_view(d->qr, R);
+
+    int64_t max_len = 0; /* keys of the longest sequence once this chunk is in */
+    for (int b = 0; b < batch; b++) max_len = max64(max_len, d->lengths[first + b] + t0 + tokens);
 
     if (from_ids) {
         ec_tensor ids = rows_view(d->ids, R);
@@ -396,39 +408,33 @@ static ec_status record_chunk(ec_decoder *d, int first, int batch, int64_t token
     }
     for (int64_t l = 0; l < c->layers; l++) {
         ec_layer *L = &d->layers[l];
-        /* Attention: h = norm(x); q, k, v = h Wqkv (+ b); rotate q and k (adjacent heads, one table);
-         * append k, v to the cache; attend; x += o_proj(attention). */
-        EC_TRY(ec_op_rmsnorm(ctx, &x, L->input_norm, c->rms_eps, &h));
-        EC_TRY(ec_op_matmul(ctx, &h, L->qkv, L->qkv_bias, &qkv, 0));
-        ec_cols q_and_k = {&qkv, 0, (size_t)d->qkv_dim};
-        EC_TRY(ec_op_rope(ctx, q_and_k, R, (int)(c->heads + c->kv_heads), (int)c->head_dim, (int)c->rot_dim, d->rope));
-        EC_TRY(append_kv(d, L->kv, &qkv, first, batch, tokens, t0));
+        /* Attention: q, k, v = norm(x) Wqkv (+ b) (the norm inside the mat-vec when decoding); rotate q into
+         * qr and k into the cache, append v; attend; x += o_proj(attention). */
+        EC_TRY(ec_op_rmsnorm_matmul(ctx, &x, L->input_norm, c->rms_eps, &h, L->qkv, L->qkv_bias, &qkv, 0));
+        EC_TRY(rope_and_append(d, L->kv, &qkv, &qr, first, batch, tokens, t0));
         size_t seq_off = (size_t)first * (size_t)d->capacity * (size_t)(2 * d->kv_dim);
         ec_attention_args a = {
-            .q = {&qkv, 0, (size_t)d->qkv_dim},
+            .q = ec_whole(&qr),
             .k = {L->kv, seq_off, (size_t)(2 * d->kv_dim)},
             .v = {L->kv, seq_off + (size_t)d->kv_dim, (size_t)(2 * d->kv_dim)},
             .out = ec_whole(&attn),
             .batch = batch, .tokens = tokens, .kv_rows = d->capacity,
             .n_heads = (int)c->heads, .n_kv_heads = (int)c->kv_heads, .head_dim = (int)c->head_dim,
             .causal = 1, .scale = (float)(1.0 / sqrt((double)c->head_dim)), .lengths = d->lens,
+            .partials = d->partials, .max_len = max_len,
         };
         EC_TRY(ec_op_attention(ctx, &a));
         EC_TRY(ec_op_matmul(ctx, &attn, L->o, NULL, &x, 1));
 
-        /* MLP: h = norm(x); gate | up = h Wgate_up; x += down(silu(gate) * up). */
-        EC_TRY(ec_op_rmsnorm(ctx, &x, L->post_norm, c->rms_eps, &h));
-        EC_TRY(ec_op_matmul(ctx, &h, L->gate_up, NULL, &gate_up, 0));
-        ec_cols gate = {&gate_up, 0, (size_t)(2 * F)}, up = {&gate_up, (size_t)F, (size_t)(2 * F)};
-        EC_TRY(ec_op_silu_mul(ctx, gate, up, &act));
-        EC_TRY(ec_op_matmul(ctx, &act, L->down, NULL, &x, 1));
+        /* MLP: gate | up = norm(x) Wgate_up; x += down(silu(gate) * up) (both fused into the mat-vecs when decoding). */
+        EC_TRY(ec_op_rmsnorm_matmul(ctx, &x, L->post_norm, c->rms_eps, &h, L->gate_up, NULL, &gate_up, 0));
+        EC_TRY(ec_op_silu_mul_matmul(ctx, &gate_up, &act, L->down, &x, 1));
     }
 
     /* Final norm and lm_head, only for the rows whose logits are wanted. */
     if (logits == EC_LOGITS_ALL) {
         ec_tensor out = rows_view(d->logits, R);
-        EC_TRY(ec_op_rmsnorm(ctx, &x, d->norm, c->rms_eps, &h));
-        EC_TRY(ec_op_matmul(ctx, &h, d->lm_head, NULL, &out, 0));
+        EC_TRY(ec_op_rmsnorm_matmul(ctx, &x, d->norm, c->rms_eps, &h, d->lm_head, NULL, &out, 0));
     } else if (logits == EC_LOGITS_LAST) {
         ec_tensor out = rows_view(d->logits, batch), hb = rows_view(d->h, batch), last = rows_view(d->last, batch);
         ec_tensor *src = &x;
@@ -437,8 +443,7 @@ static ec_status record_chunk(ec_decoder *d, int first, int batch, int64_t token
             EC_TRY(ec_op_copy(ctx, rows, ec_whole(&last), batch, c->hidden));
             src = &last;
         }
-        EC_TRY(ec_op_rmsnorm(ctx, src, d->norm, c->rms_eps, &hb));
-        EC_TRY(ec_op_matmul(ctx, &hb, d->lm_head, NULL, &out, 0));
+        EC_TRY(ec_op_rmsnorm_matmul(ctx, src, d->norm, c->rms_eps, &hb, d->lm_head, NULL, &out, 0));
     }
     return EC_OK;
 }

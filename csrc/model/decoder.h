@@ -27,6 +27,7 @@ typedef struct {
     int qkv_bias;              /* the qkv projection has a bias (Qwen2) */
     int tied;                  /* lm_head is the embedding table */
     int64_t window;            /* sliding-window attention span in tokens, 0 = none (see ec_decoder_forward) */
+    ec_dtype kv_dtype;         /* the KV cache's dtype: EC_F16 (half the memory and reads) or EC_F32 */
 } ec_decoder_config;
 
 typedef struct {

@@ -13,13 +13,17 @@
 
 #define KERNEL(name, bindings, push) {#name, ec_spv_##name, sizeof ec_spv_##name, bindings, sizeof(struct ec_##push##_push)}
 enum { K_matmul, K_matvec, K_add, K_norm, K_activation, K_softmax, K_rope, K_attention, K_embedding,
-       K_copy2d, K_pool2d, K_argmax, K_patchify, K_peak_fma };
+       K_copy2d, K_pool2d, K_argmax, K_patchify, K_peak_fma, K_attention_decode, K_attention_combine, K_copy2d_f16,
+       K_rope_kv, K_attention_tiled };
 const ec_kernel_def ec_kernels[] = {
-    KERNEL(matmul, "STTS", matmul),   KERNEL(matvec, "TTTS", matmul),       KERNEL(add, "SSS", add),
+    KERNEL(matmul, "STTS", matmul),   KERNEL(matvec, "TTTST", matvec),       KERNEL(add, "SSS", add),
     KERNEL(norm, "STTS", norm),       KERNEL(activation, "SSS", activation), KERNEL(softmax, "SS", softmax),
     KERNEL(rope, "SS", rope),         KERNEL(attention, "STTSS", attention), KERNEL(embedding, "STS", embedding),
     KERNEL(copy2d, "SS", copy2d),     KERNEL(pool2d, "SS", pool2d),         KERNEL(argmax, "SS", argmax),
     KERNEL(patchify, "SS", patchify), KERNEL(peak_fma, "S", peak_fma),
+    KERNEL(attention_decode, "STTSS", attention_decode), KERNEL(attention_combine, "SS", attention_combine),
+    KERNEL(copy2d_f16, "SS", copy2d), KERNEL(rope_kv, "SSSS", rope_kv),
+    KERNEL(attention_tiled, "STTSS", attention),
 };
 const int ec_kernel_count = sizeof ec_kernels / sizeof ec_kernels[0];
 
@@ -43,10 +47,12 @@ static ec_status pipeline_get(ec_context *ctx, int kernel, ec_spec_words spec, e
             return ec_fail(EC_ERR_ARG, "internal: a %s pipeline dispatched as %s", ec_kernels[p->kernel].name, #k); \
         return ec_dispatch(ctx, p, bind, pc, gx, gy, gz);                                                      \
     }
-DISPATCHER(matmul, matmul) DISPATCHER(matvec, matmul) DISPATCHER(add, add) DISPATCHER(norm, norm)
+DISPATCHER(matmul, matmul) DISPATCHER(matvec, matvec) DISPATCHER(add, add) DISPATCHER(norm, norm)
 DISPATCHER(activation, activation) DISPATCHER(softmax, softmax) DISPATCHER(rope, rope)
 DISPATCHER(attention, attention) DISPATCHER(embedding, embedding) DISPATCHER(copy2d, copy2d)
 DISPATCHER(pool2d, pool2d) DISPATCHER(argmax, argmax) DISPATCHER(patchify, patchify) DISPATCHER(peak_fma, peak_fma)
+DISPATCHER(attention_decode, attention_decode) DISPATCHER(attention_combine, attention_combine)
+DISPATCHER(copy2d_f16, copy2d) DISPATCHER(rope_kv, rope_kv) DISPATCHER(attention_tiled, attention)
 
 /* ------------------------------------------------------------------------------------------------
  * Device-dependent shapes of the work: lavapipe runs each workgroup as a loop on a CPU core, so it
@@ -123,12 +129,14 @@ ec_cols ec_whole(ec_tensor *t)
 
 #define MATVEC_MAX_ROWS 8
 
-ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate)
+/* The shapes of y[M,N] = x[M,K] w[N,K]^T + bias: x is M rows of K values (its tensor's own shape, or for a
+ * transformed input the caller's M and K). */
+static ec_status check_matmul(ec_context *ctx, ec_tensor *x, int64_t M, int64_t K, ec_tensor *w, ec_tensor *bias, ec_tensor *y)
 {
     EC_TRY(need_f32(x, "matmul input x")); EC_TRY(need_weight(w, "matmul weight")); EC_TRY(need_f32(y, "matmul output y"));
     EC_TRY(need_same_context(ctx, x)); EC_TRY(need_same_context(ctx, w)); EC_TRY(need_same_context(ctx, y));
     if (w->ndim != 2) return ec_fail(EC_ERR_ARG, "matmul weight must be 2-D [N, K], not %d-D", w->ndim);
-    int64_t M = rows_of(x), K = last_dim(x), N = w->shape[0];
+    int64_t N = w->shape[0];
     if (w->shape[1] != K)
         return ec_fail(EC_ERR_ARG, "matmul: x has %lld columns but the weight is [%lld, %lld]", (long long)K,
                        (long long)w->shape[0], (long long)w->shape[1]);
@@ -139,48 +147,120 @@ ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *b
         if (ec_numel(bias) != N) return ec_fail(EC_ERR_ARG, "matmul: bias has %lld values, the output %lld columns",
                                                 (long long)ec_numel(bias), (long long)N);
     }
-    if (M == 0 || N == 0) return EC_OK;
     if ((uint64_t)M * K > UINT32_MAX || (uint64_t)N * K > UINT32_MAX || (uint64_t)M * N > UINT32_MAX)
         return ec_fail(EC_ERR_ARG, "matmul: operands of more than 2^32 elements");
+    return EC_OK;
+}
+
+/* Whether M rows take the mat-vec (decode) rather than the GEMM. */
+static int use_matvec(ec_context *ctx, int64_t M, int64_t N)
+{
+    return M <= MATVEC_MAX_ROWS && rows_per_binding(ctx, (uint64_t)N) >= (uint64_t)M;
+}
+
+/* A weight past the device's texel reach (maxTexelBufferElements) is read in pieces of whole rows, each
+ * through its own view; each piece writes its columns of y. *rows: rows of W per piece. */
+static ec_status weight_pieces(ec_context *ctx, ec_tensor *w, uint64_t *rows)
+{
+    *rows = (uint64_t)w->shape[0];
+    if (ec_texel_fits(w)) return EC_OK;
+    size_t row_bytes = (size_t)w->shape[1] * ec_dtype_size(w->dtype);
+    uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
+    *rows = row_bytes ? (ec_texel_reach(ctx) - align) / row_bytes : *rows;
+    if (*rows == 0)
+        return ec_fail(EC_ERR_ARG, "matmul: one weight row of %zu bytes exceeds the device's texel-buffer reach of %llu bytes",
+                       row_bytes, (unsigned long long)ec_texel_reach(ctx));
+    return EC_OK;
+}
+
+/* The mat-vec: x rows of x_stride values through x's texel view (rows start on a texel whenever the
+ * stride is a whole number of texels), made into the input by PRE (shaders/matvec.comp). */
+static ec_status matvec(ec_context *ctx, ec_tensor *x, int64_t M, int64_t K, uint32_t x_stride, uint32_t up_off, uint32_t pre,
+                        ec_tensor *g, float eps, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate)
+{
+    int64_t N = w->shape[0];
+    if (M == 0 || N == 0) return EC_OK;
+    const uint32_t rows_per_group = 16;
+    uint32_t per_texel = w->dtype == EC_F32 ? 4 : 8;
+    uint64_t pieces_rows, x_skip;
+    size_t row_bytes = (size_t)K * ec_dtype_size(w->dtype);
+    EC_TRY(weight_pieces(ctx, w, &pieces_rows));
+    ec_binding bind[5];
+    EC_TRY(ec_bind_texel_range(x, 0, ((uint64_t)(M - 1) * x_stride + (uint64_t)up_off + (uint64_t)K) * 4, &bind[0], &x_skip));
+    if (bias) EC_TRY(ec_bind_texel(bias, &bind[2])); /* without a bias or a norm weight, W's view (unread) */
+    if (g) EC_TRY(ec_bind_texel(g, &bind[4]));
+    struct ec_matvec_push pc = {.M = (uint32_t)M, .K = (uint32_t)K, .has_bias = bias != NULL, .accumulate = accumulate != 0,
+                                .x_off = (uint32_t)(x_skip / 4), .x_stride = x_stride, .up_off = up_off, .eps = eps,
+                                .y_stride = (uint32_t)N};
+    pc.aligned = K % per_texel == 0 && x_stride % 4 == 0 && up_off % 4 == 0 && pc.x_off % 4 == 0;
+    EC_TRY(bind_span(y, 0, (uint64_t)M * N, &bind[3], &pc.y_off));
+    ec_pipeline *p;
+    EC_TRY(PIPELINE(matvec, &p, .width = ctx->info.subgroup_size, .wtype = wtype(w), .BTYPE = bias ? wtype(bias) : 0,
+                    .ROWS = rows_per_group, .NM = (uint32_t)M, .PRE = pre, .GTYPE = g ? wtype(g) : 0));
+    for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += pieces_rows) {
+        uint64_t rows = (uint64_t)N - n0 < pieces_rows ? (uint64_t)N - n0 : pieces_rows, skip;
+        EC_TRY(ec_bind_texel_range(w, n0 * row_bytes, rows * row_bytes, &bind[1], &skip));
+        pc.N = (uint32_t)rows;
+        pc.n0 = (uint32_t)n0;
+        pc.w_off = (uint32_t)(skip / ec_dtype_size(w->dtype));
+        if (!bias) bind[2] = bind[1];
+        if (!g) bind[4] = bind[1];
+        EC_TRY(dispatch_matvec(ctx, p, bind, &pc, (uint32_t)((rows + rows_per_group - 1) / rows_per_group), 1, 1));
+    }
+    return EC_OK;
+}
+
+static ec_status gemm(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate);
+
+ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate)
+{
+    EC_TRY(need_f32(x, "matmul input x"));
+    int64_t M = rows_of(x), K = last_dim(x);
+    EC_TRY(check_matmul(ctx, x, M, K, w, bias, y));
+    if (M == 0 || w->shape[0] == 0) return EC_OK;
+    if (use_matvec(ctx, M, w->shape[0])) return matvec(ctx, x, M, K, (uint32_t)K, 0, 0, NULL, 0.0f, w, bias, y, accumulate);
+    return gemm(ctx, x, w, bias, y, accumulate);
+}
+
+ec_status ec_op_rmsnorm_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *g, float eps, ec_tensor *h, ec_tensor *w,
+                               ec_tensor *bias, ec_tensor *y, int accumulate)
+{
+    EC_TRY(need_f32(x, "rmsnorm_matmul input x"));
+    int64_t M = rows_of(x), K = last_dim(x);
+    EC_TRY(check_matmul(ctx, x, M, K, w, bias, y));
+    EC_TRY(need_weight(g, "rmsnorm weight")); EC_TRY(need_same_context(ctx, g));
+    if (ec_numel(g) != K) return ec_fail(EC_ERR_ARG, "rmsnorm: weight has %lld values for rows of %lld", (long long)ec_numel(g), (long long)K);
+    if (M == 0 || w->shape[0] == 0) return EC_OK;
+    if (use_matvec(ctx, M, w->shape[0])) return matvec(ctx, x, M, K, (uint32_t)K, 0, 1, g, eps, w, bias, y, accumulate);
+    EC_TRY(ec_op_rmsnorm(ctx, x, g, eps, h));
+    return ec_op_matmul(ctx, h, w, bias, y, accumulate);
+}
+
+ec_status ec_op_silu_mul_matmul(ec_context *ctx, ec_tensor *gate_up, ec_tensor *act, ec_tensor *w, ec_tensor *y, int accumulate)
+{
+    EC_TRY(need_f32(gate_up, "silu_mul_matmul input"));
+    int64_t M = rows_of(gate_up), F = last_dim(gate_up) / 2;
+    if (last_dim(gate_up) % 2) return ec_fail(EC_ERR_ARG, "silu_mul_matmul: gate | up has an odd number of columns");
+    EC_TRY(check_matmul(ctx, gate_up, M, F, w, NULL, y));
+    if (M == 0 || w->shape[0] == 0) return EC_OK;
+    if (use_matvec(ctx, M, w->shape[0])) return matvec(ctx, gate_up, M, F, (uint32_t)(2 * F), (uint32_t)F, 2, NULL, 0.0f, w, NULL, y, accumulate);
+    ec_cols gate = {gate_up, 0, (size_t)(2 * F)}, up = {gate_up, (size_t)F, (size_t)(2 * F)};
+    EC_TRY(ec_op_silu_mul(ctx, gate, up, act));
+    return ec_op_matmul(ctx, act, w, NULL, y, accumulate);
+}
+
+static ec_status gemm(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate)
+{
+    int64_t M = rows_of(x), K = last_dim(x), N = w->shape[0];
     ec_binding bind[4];
     if (bias) EC_TRY(ec_bind_texel(bias, &bind[2])); /* without a bias, binding 2 gets W's view (unread) */
     uint32_t per_texel = w->dtype == EC_F32 ? 4 : 8;
     struct ec_matmul_push pc = {.K = (uint32_t)K, .has_bias = bias != NULL, .accumulate = accumulate != 0,
                                 .aligned = K % per_texel == 0, .y_stride = (uint32_t)N};
-    /* A weight past the device's texel reach (maxTexelBufferElements) is read in pieces of whole rows, each
-     * through its own view; each piece writes its columns of y. */
-    uint64_t pieces_rows = (uint64_t)N;
+    uint64_t pieces_rows;
     size_t row_bytes = (size_t)K * ec_dtype_size(w->dtype);
-    if (!ec_texel_fits(w)) {
-        uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
-        pieces_rows = (ec_texel_reach(ctx) - align) / row_bytes;
-        if (pieces_rows == 0)
-            return ec_fail(EC_ERR_ARG, "matmul: one weight row of %zu bytes exceeds the device's texel-buffer reach of %llu bytes",
-                           row_bytes, (unsigned long long)ec_texel_reach(ctx));
-    }
+    EC_TRY(weight_pieces(ctx, w, &pieces_rows));
     ec_pipeline *p;
-
-    if (M <= MATVEC_MAX_ROWS && rows_per_binding(ctx, N) >= (uint64_t)M) {
-        /* x through its texel view: rows of x start on a texel whenever K is a whole number of texels. */
-        const uint32_t rows_per_group = 16;
-        EC_TRY(PIPELINE(matvec, &p, .width = ctx->info.subgroup_size, .wtype = wtype(w), .BTYPE = bias ? wtype(bias) : 0,
-                        .ROWS = rows_per_group, .NM = (uint32_t)M));
-        uint64_t x_skip;
-        EC_TRY(ec_bind_texel_range(x, 0, (uint64_t)M * K * 4, &bind[0], &x_skip));
-        pc.x_off = (uint32_t)(x_skip / 4);
-        EC_TRY(bind_span(y, 0, (uint64_t)M * N, &bind[3], &pc.y_off));
-        pc.M = (uint32_t)M;
-        for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += pieces_rows) {
-            uint64_t rows = (uint64_t)N - n0 < pieces_rows ? (uint64_t)N - n0 : pieces_rows, skip;
-            EC_TRY(ec_bind_texel_range(w, n0 * row_bytes, rows * row_bytes, &bind[1], &skip));
-            pc.N = (uint32_t)rows;
-            pc.n0 = (uint32_t)n0;
-            pc.w_off = (uint32_t)(skip / ec_dtype_size(w->dtype));
-            if (!bias) bind[2] = bind[1];
-            EC_TRY(dispatch_matvec(ctx, p, bind, &pc, (uint32_t)((rows + rows_per_group - 1) / rows_per_group), 1, 1));
-        }
-        return EC_OK;
-    }
 
     const uint32_t TM = 8, TN = 8;
     uint32_t width = is_cpu(ctx) ? ctx->info.subgroup_size : 64;
@@ -368,6 +448,142 @@ ec_status ec_op_rope(ec_context *ctx, ec_cols x, int64_t tokens, int n_heads, in
     return dispatch_rope(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)tokens * n_heads * (rot_dim / 2), width), 1, 1);
 }
 
+static ec_status check_kv(ec_cols c, int64_t rows, int64_t cols, const char *what);
+
+ec_status ec_op_rope_kv(ec_context *ctx, ec_cols qkv, int64_t tokens, int n_heads, int n_kv_heads, int head_dim, int rot_dim,
+                        ec_cols cos_sin, ec_cols q_out, ec_cols kv)
+{
+    if (n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || head_dim % 2)
+        return ec_fail(EC_ERR_ARG, "rope_kv: %d query and %d key/value heads of %d values (an even number)", n_heads, n_kv_heads, head_dim);
+    if (rot_dim <= 0 || rot_dim > head_dim || rot_dim % 2)
+        return ec_fail(EC_ERR_ARG, "rope_kv: rotary dimension %d must be even and at most the head dimension %d", rot_dim, head_dim);
+    int64_t q_dim = (int64_t)n_heads * head_dim, kv_dim = (int64_t)n_kv_heads * head_dim;
+    EC_TRY(check_cols(qkv, tokens, q_dim + 2 * kv_dim, "rope_kv qkv"));
+    EC_TRY(check_cols(cos_sin, tokens, rot_dim, "rope_kv cos/sin table"));
+    EC_TRY(check_cols(q_out, tokens, q_dim, "rope_kv q output"));
+    EC_TRY(check_kv(kv, tokens, 2 * kv_dim, "rope_kv cache"));
+    if (kv.t->dtype == EC_F16 && (kv.off % 2 || kv.stride % 2))
+        return ec_fail(EC_ERR_ARG, "rope_kv: an f16 cache's offset and row stride must be even");
+    if (tokens == 0) return EC_OK;
+    ec_pipeline *p;
+    uint32_t width = pointwise_width(ctx);
+    EC_TRY(PIPELINE(rope_kv, &p, .width = width, .wtype = wtype(kv.t)));
+    ec_binding bind[4];
+    struct ec_rope_kv_push pc = {.T = (uint32_t)tokens, .Hq = (uint32_t)n_heads, .Hkv = (uint32_t)n_kv_heads,
+                                 .head_dim = (uint32_t)head_dim, .rot_dim = (uint32_t)rot_dim, .src_row = (uint32_t)qkv.stride,
+                                 .q_row = (uint32_t)q_out.stride, .kv_row = (uint32_t)kv.stride};
+    uint64_t n = (uint64_t)(tokens - 1);
+    EC_TRY(bind_span(qkv.t, qkv.off, n * qkv.stride + (uint64_t)(q_dim + 2 * kv_dim), &bind[0], &pc.src_off));
+    EC_TRY(bind_span(cos_sin.t, cos_sin.off, n * cos_sin.stride + (uint64_t)rot_dim, &bind[1], &pc.cs_off));
+    EC_TRY(bind_span(q_out.t, q_out.off, n * q_out.stride + (uint64_t)q_dim, &bind[2], &pc.q_off));
+    if (kv.t->dtype == EC_F16) {
+        /* The cache in 32-bit words (two f16 values each); kv_off counts f16 values from the binding. */
+        uint32_t word;
+        EC_TRY(bind_span(kv.t, kv.off / 2, (n * kv.stride + (uint64_t)(2 * kv_dim)) / 2, &bind[3], &word));
+        pc.kv_off = 2 * word;
+    } else {
+        EC_TRY(bind_span(kv.t, kv.off, n * kv.stride + (uint64_t)(2 * kv_dim), &bind[3], &pc.kv_off));
+    }
+    uint64_t items = (uint64_t)tokens * (uint64_t)(n_heads + 2 * n_kv_heads) * (uint64_t)(head_dim / 2);
+    return dispatch_rope_kv(ctx, p, bind, &pc, groups_for(ctx, items, width), 1, 1);
+}
+
+/* K and V: the same dtype, f32 or f16 (the KV cache's), with k/v rows as column ranges counted in that dtype. */
+static ec_status check_kv(ec_cols c, int64_t rows, int64_t cols, const char *what)
+{
+    if (!c.t) return ec_fail(EC_ERR_ARG, "%s is missing", what);
+    if (c.t->dtype != EC_F32 && c.t->dtype != EC_F16)
+        return ec_fail(EC_ERR_ARG, "%s must be float32 or float16, not %s", what, ec_dtype_name(c.t->dtype));
+    if (rows == 0) return EC_OK;
+    if (c.off + (uint64_t)(rows - 1) * c.stride + (uint64_t)cols > (uint64_t)ec_numel(c.t) || (int64_t)c.stride < cols)
+        return ec_fail(EC_ERR_ARG, "%s: a %lld x %lld block at offset %zu with row stride %zu does not fit its tensor",
+                       what, (long long)rows, (long long)cols, c.off, c.stride);
+    return EC_OK;
+}
+
+/* K and V past the texel reach: groups of whole sequences, each group's K/V through views that start at
+ * its first sequence (a sequence's keys are never split between views). *group: sequences per group. */
+static ec_status kv_groups(ec_context *ctx, const ec_attention_args *a, uint64_t *group)
+{
+    uint64_t es = ec_dtype_size(a->k.t->dtype), seq_elems = (uint64_t)a->kv_rows * a->k.stride;
+    uint64_t span = (uint64_t)(a->kv_rows - 1) * a->k.stride + (uint64_t)a->n_kv_heads * a->head_dim; /* one sequence's K */
+    *group = (uint64_t)a->batch;
+    if (ec_texel_fits(a->k.t) && ec_texel_fits(a->v.t)) return EC_OK;
+    uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
+    uint64_t usable = (ec_texel_reach(ctx) - align - 16) / es;
+    if (span > usable)
+        return ec_fail(EC_ERR_ARG, "attention: the keys of one sequence (%llu bytes) exceed the device's texel-buffer reach "
+                       "of %llu bytes", (unsigned long long)(span * es), (unsigned long long)ec_texel_reach(ctx));
+    *group = 1 + (usable - span) / seq_elems;
+    return EC_OK;
+}
+
+/* Binds K and V of sequences [b0, b0 + n) (bindings 1 and 2); *k_off, *v_off: where sequence b0's rows
+ * start in the views, in values of the cache's dtype. */
+static ec_status bind_kv_group(const ec_attention_args *a, uint64_t b0, uint64_t n, ec_binding *bind, uint32_t *k_off, uint32_t *v_off)
+{
+    uint64_t es = ec_dtype_size(a->k.t->dtype), seq_elems = (uint64_t)a->kv_rows * a->k.stride;
+    uint64_t len = (n - 1) * seq_elems + (uint64_t)(a->kv_rows - 1) * a->k.stride + (uint64_t)a->n_kv_heads * a->head_dim;
+    uint64_t k_skip, v_skip;
+    EC_TRY(ec_bind_texel_range(a->k.t, (a->k.off + b0 * seq_elems) * es, len * es, &bind[1], &k_skip));
+    EC_TRY(ec_bind_texel_range(a->v.t, (a->v.off + b0 * seq_elems) * es, len * es, &bind[2], &v_skip));
+    *k_off = (uint32_t)(k_skip / es);
+    *v_off = (uint32_t)(v_skip / es);
+    return EC_OK;
+}
+
+/* Decode: one query token per sequence, split-K over the keys (shaders/attention_decode.comp). */
+static ec_status attention_decode(ec_context *ctx, const ec_attention_args *a, ec_binding *bind, uint64_t group)
+{
+    int64_t B = a->batch, S = a->kv_rows;
+    int H = a->n_heads, Hkv = a->n_kv_heads, D = a->head_dim, G = H / Hkv;
+    int64_t max_len = a->max_len > 0 && a->max_len < S ? a->max_len : S;
+    if (max_len < 1) max_len = 1;
+    /* Key ranges per KV head: enough workgroups to occupy the device (lavapipe: a few per core; GPUs:
+     * hundreds), each range at least 32 keys, and no more than the partials hold. */
+    uint64_t part_cap = a->partials ? (uint64_t)ec_numel(a->partials) / ((uint64_t)B * H * (D + 2)) : 1;
+    int64_t want = a->splits > 0 ? a->splits : ((is_cpu(ctx) ? 16 : 512) + B * Hkv - 1) / (B * Hkv);
+    int64_t most = (max_len + 31) / 32;
+    if (a->splits <= 0 && want > most) want = most;
+    if (want > (int64_t)part_cap) want = (int64_t)part_cap;
+    if (want > max_len) want = max_len;
+    if (want < 1) want = 1;
+    uint32_t split_len = (uint32_t)((max_len + want - 1) / want);
+    uint32_t splits = (uint32_t)((max_len + split_len - 1) / split_len);
+
+    ec_pipeline *p;
+    uint32_t width = ctx->info.subgroup_size;
+    EC_TRY(PIPELINE(attention_decode, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D, .G = (uint32_t)G));
+    struct ec_attention_decode_push pc = {
+        .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .q_seq = (uint32_t)a->q.stride, .kv_row = (uint32_t)a->k.stride,
+        .kv_seq = (uint32_t)(S * a->k.stride), .splits = splits, .split_len = split_len, .scale = a->scale};
+    EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
+    uint64_t part_n = (uint64_t)B * H * splits * (D + 2);
+    if (splits == 1) {
+        pc.o_seq = (uint32_t)a->out.stride;
+        EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));
+    } else {
+        EC_TRY(need_f32(a->partials, "attention partials"));
+        EC_TRY(need_same_context(ctx, a->partials));
+        EC_TRY(bind_span(a->partials, 0, part_n, &bind[4], &pc.o_off));
+    }
+    for (uint64_t b0 = 0; b0 < (uint64_t)B; b0 += group) {
+        uint64_t n = (uint64_t)B - b0 < group ? (uint64_t)B - b0 : group;
+        EC_TRY(bind_kv_group(a, b0, n, bind, &pc.k_off, &pc.v_off));
+        pc.b0 = (uint32_t)b0;
+        EC_TRY(dispatch_attention_decode(ctx, p, bind, &pc, splits, (uint32_t)Hkv, (uint32_t)n));
+    }
+    if (splits == 1) return EC_OK;
+
+    ec_pipeline *pc2;
+    EC_TRY(PIPELINE(attention_combine, &pc2, .width = width, .D = (uint32_t)D));
+    ec_binding cb[2];
+    struct ec_attention_combine_push cp = {.Hq = (uint32_t)H, .splits = splits, .o_seq = (uint32_t)a->out.stride};
+    EC_TRY(bind_span(a->partials, 0, part_n, &cb[0], &cp.part_off));
+    EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B - 1) * a->out.stride + (uint64_t)H * D, &cb[1], &cp.o_off));
+    return dispatch_attention_combine(ctx, pc2, cb, &cp, (uint32_t)H, (uint32_t)B, 1);
+}
+
 ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
 {
     int64_t B = a->batch, T = a->tokens, S = a->kv_rows;
@@ -375,47 +591,44 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
     if (H <= 0 || Hkv <= 0 || H % Hkv) return ec_fail(EC_ERR_ARG, "attention: %d query heads cannot share %d key/value heads", H, Hkv);
     if (D <= 0 || D > 256) return ec_fail(EC_ERR_ARG, "attention: head dimension %d is outside 1..256", D);
     if (B <= 0 || T <= 0) return EC_OK;
+    if (S <= 0) return ec_fail(EC_ERR_ARG, "attention: no key/value rows");
     EC_TRY(check_cols(a->q, B * T, (int64_t)H * D, "attention q"));
     EC_TRY(check_cols(a->out, B * T, (int64_t)H * D, "attention output"));
-    EC_TRY(check_cols(a->k, B * S, (int64_t)Hkv * D, "attention k"));
-    EC_TRY(check_cols(a->v, B * S, (int64_t)Hkv * D, "attention v"));
+    EC_TRY(check_kv(a->k, B * S, (int64_t)Hkv * D, "attention k"));
+    EC_TRY(check_kv(a->v, B * S, (int64_t)Hkv * D, "attention v"));
+    if (a->k.t->dtype != a->v.t->dtype) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same dtype");
     if (!a->lengths || a->lengths->dtype != EC_I32 || ec_numel(a->lengths) < B)
         return ec_fail(EC_ERR_ARG, "attention: lengths must be an int32 tensor of %lld values", (long long)B);
+    if (a->k.stride != a->v.stride) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same row stride");
+    if ((uint64_t)B * S * a->k.stride > UINT32_MAX) return ec_fail(EC_ERR_ARG, "attention: k/v of more than 2^32 values");
+    uint64_t group;
+    EC_TRY(kv_groups(ctx, a, &group));
+    ec_binding bind[5];
+    EC_TRY(bind_span(a->lengths, 0, (uint64_t)B, &bind[3], NULL));
+    if (T == 1) return attention_decode(ctx, a, bind, group);
+
     ec_pipeline *p;
     uint32_t width = ctx->info.subgroup_size;
-    EC_TRY(PIPELINE(attention, &p, .width = width, .D = (uint32_t)D));
-    ec_binding bind[5];
+    /* Many queries on a CPU device: the tiled kernel (attention_tiled.comp: blocks of 8 queries x 4 keys per
+     * lane, one subgroup per workgroup, as lavapipe runs it); otherwise one query per lane. The views of K and
+     * V start on 16-byte boundaries, so a value offset's remainder mod 4 is the same in every view. */
+    int tiled = is_cpu(ctx) && D % 4 == 0 && a->k.off % 4 == 0 && a->v.off % 4 == 0 && a->k.stride % 4 == 0 &&
+                (S * a->k.stride) % 4 == 0;
+    if (tiled) EC_TRY(PIPELINE(attention_tiled, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D));
+    else EC_TRY(PIPELINE(attention, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D));
     struct ec_attention_push pc = {
         .T = (uint32_t)T, .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .causal = a->causal != 0,
         .q_row = (uint32_t)a->q.stride, .q_seq = (uint32_t)(T * a->q.stride),
         .kv_row = (uint32_t)a->k.stride, .kv_seq = (uint32_t)(S * a->k.stride),
         .o_row = (uint32_t)a->out.stride, .o_seq = (uint32_t)(T * a->out.stride), .scale = a->scale};
-    if (a->k.stride != a->v.stride) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same row stride");
     EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B * T - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
-    EC_TRY(bind_span(a->lengths, 0, (uint64_t)B, &bind[3], NULL));
     EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B * T - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));
-    /* K and V past the texel reach: groups of whole sequences, each group's K/V through views that start at
-     * its first sequence (a sequence's keys are never split between views). */
-    uint64_t esz = ec_dtype_size(a->k.t->dtype); /* k/v offsets and strides count elements of the cache's dtype */
-    uint64_t seq_elems = (uint64_t)S * a->k.stride, group = (uint64_t)B;
-    uint64_t span_k = (uint64_t)(S - 1) * a->k.stride + (uint64_t)Hkv * D; /* elements one sequence's K reaches */
-    if (!ec_texel_fits(a->k.t) || !ec_texel_fits(a->v.t)) {
-        uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
-        uint64_t usable = (ec_texel_reach(ctx) - align - 16) / esz;
-        if (span_k > usable)
-            return ec_fail(EC_ERR_ARG, "attention: the keys of one sequence (%llu bytes) exceed the device's texel-buffer reach "
-                           "of %llu bytes", (unsigned long long)(span_k * esz), (unsigned long long)ec_texel_reach(ctx));
-        group = 1 + (usable - span_k) / seq_elems;
-    }
     for (uint64_t b0 = 0; b0 < (uint64_t)B; b0 += group) {
-        uint64_t n = (uint64_t)B - b0 < group ? (uint64_t)B - b0 : group, k_skip, v_skip;
-        uint64_t len = (n - 1) * seq_elems + span_k;
-        EC_TRY(ec_bind_texel_range(a->k.t, (a->k.off + b0 * seq_elems) * esz, len * esz, &bind[1], &k_skip));
-        EC_TRY(ec_bind_texel_range(a->v.t, (a->v.off + b0 * seq_elems) * esz, len * esz, &bind[2], &v_skip));
+        uint64_t n = (uint64_t)B - b0 < group ? (uint64_t)B - b0 : group;
+        EC_TRY(bind_kv_group(a, b0, n, bind, &pc.k_off, &pc.v_off));
         pc.b0 = (uint32_t)b0;
-        pc.k_off = (uint32_t)(k_skip / esz);
-        pc.v_off = (uint32_t)(v_skip / esz);
-        EC_TRY(dispatch_attention(ctx, p, bind, &pc, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)n));
+        if (tiled) EC_TRY(dispatch_attention_tiled(ctx, p, bind, &pc, (uint32_t)((T + 7) / 8), (uint32_t)H, (uint32_t)n));
+        else EC_TRY(dispatch_attention(ctx, p, bind, &pc, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)n));
     }
     return EC_OK;
 }
@@ -473,6 +686,35 @@ ec_status ec_op_copy(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, in
         EC_TRY(bind_span(src.t, src.off + (uint64_t)r0 * src.stride, (uint64_t)(n - 1) * src.stride + cols, &bind[0], &pc.src_off));
         EC_TRY(bind_span(dst.t, dst.off + (uint64_t)r0 * dst.stride, (uint64_t)(n - 1) * dst.stride + cols, &bind[1], &pc.dst_off));
         EC_TRY(dispatch_copy2d(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)n * cols, width), 1, 1));
+    }
+    return EC_OK;
+}
+
+ec_status ec_op_copy_to_f16(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols)
+{
+    EC_TRY(check_cols(src, rows, cols, "copy source"));
+    if (!dst.t || dst.t->dtype != EC_F16) return ec_fail(EC_ERR_ARG, "copy_to_f16: the destination must be float16");
+    EC_TRY(check_kv(dst, rows, cols, "copy destination"));
+    if (dst.off % 2 || dst.stride % 2 || cols % 2)
+        return ec_fail(EC_ERR_ARG, "copy_to_f16: offset %zu, stride %zu and columns %lld must be even", dst.off, dst.stride, (long long)cols);
+    if (rows == 0 || cols == 0) return EC_OK;
+    ec_pipeline *p;
+    uint32_t width = pointwise_width(ctx);
+    EC_TRY(PIPELINE(copy2d_f16, &p, .width = width));
+    uint64_t widest = src.stride > dst.stride / 2 ? src.stride : dst.stride / 2;
+    uint64_t chunk = rows_per_binding(ctx, widest);
+    if (!chunk) return ec_fail(EC_ERR_ARG, "copy: one row is larger than a storage binding");
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
+        ec_binding bind[2];
+        uint32_t dst_word;
+        struct ec_copy2d_push pc = {.rows = (uint32_t)n, .cols = (uint32_t)cols, .src_stride = (uint32_t)src.stride,
+                                    .dst_stride = (uint32_t)dst.stride};
+        EC_TRY(bind_span(src.t, src.off + (uint64_t)r0 * src.stride, (uint64_t)(n - 1) * src.stride + cols, &bind[0], &pc.src_off));
+        /* The destination in 32-bit words: two f16 values each. */
+        EC_TRY(bind_span(dst.t, (dst.off + (uint64_t)r0 * dst.stride) / 2, ((uint64_t)(n - 1) * dst.stride + cols) / 2, &bind[1], &dst_word));
+        pc.dst_off = 2 * dst_word;
+        EC_TRY(dispatch_copy2d_f16(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)n * cols / 2, width), 1, 1));
     }
     return EC_OK;
 }

@@ -20,6 +20,15 @@ ec_cols ec_whole(ec_tensor *t); /* off 0, stride = last dimension */
 /* y[M,N] = x[M,K] w[N,K]^T + bias[N] (bias may be NULL); with accumulate, y += that instead. */
 ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate);
 
+/* Decode's fused forms: for a few rows (the mat-vec) the op before the matmul is computed inside it,
+ * which saves a dispatch and a pass over memory; for many rows they run as the two ops, through the
+ * scratch tensor (h, act: the shape of the intermediate).
+ * y = rmsnorm(x; g, eps) w^T (+ bias) (+ y) */
+ec_status ec_op_rmsnorm_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *g, float eps, ec_tensor *h, ec_tensor *w,
+                               ec_tensor *bias, ec_tensor *y, int accumulate);
+/* y = (silu(gate) * up) w^T (+ y), gate | up the halves of gate_up [M, 2F] (Phi-3's fused projection). */
+ec_status ec_op_silu_mul_matmul(ec_context *ctx, ec_tensor *gate_up, ec_tensor *act, ec_tensor *w, ec_tensor *y, int accumulate);
+
 /* out = a + alpha * b, with b repeated when it has fewer elements (its count must divide a's). */
 ec_status ec_op_add(ec_context *ctx, ec_tensor *a, ec_tensor *b, float alpha, ec_tensor *out);
 
@@ -38,6 +47,17 @@ ec_status ec_op_softmax(ec_context *ctx, ec_tensor *x, float scale, ec_tensor *y
  * cos_sin is [tokens, rot_dim] f32, cos in the first half, sin in the second (rot_dim <= head_dim). */
 ec_status ec_op_rope(ec_context *ctx, ec_cols x, int64_t tokens, int n_heads, int head_dim, int rot_dim, ec_tensor *cos_sin);
 
+/* q and out are f32; k and v are f32 or f16 (both the same: the KV cache's dtype). A single query
+ * token per sequence (decode) runs split-K: workgroups over (key range, KV head, sequence), each reading
+ * its KV head once for the whole group of query heads; with partials (f32, at least
+ * batch * n_heads * splits * (head_dim + 2) values) the key ranges are merged by a second kernel,
+ * without it each KV head is one range. */
+/* RoPE and the KV-cache append of one sequence's `tokens` new rows: qkv rows hold q | k | v heads
+ * (n_heads + 2 n_kv_heads of head_dim values); q is rotated into q_out, k rotated and v copied into the
+ * rows of kv (the cache, f32 or f16, whose rows are k | v); cos_sin rows as ec_op_rope's table. */
+ec_status ec_op_rope_kv(ec_context *ctx, ec_cols qkv, int64_t tokens, int n_heads, int n_kv_heads, int head_dim, int rot_dim,
+                        ec_cols cos_sin, ec_cols q_out, ec_cols kv);
+
 typedef struct {
     ec_cols q, k, v, out;  /* q/out rows: (b, t) -> row b*T + t; k/v rows: (b, s) -> row b*kv_rows + s */
     int64_t batch, tokens; /* B sequences of T query tokens */
@@ -46,6 +66,9 @@ typedef struct {
     int causal;
     float scale;
     ec_tensor *lengths;    /* int32 [B]: keys present per sequence (after appending this step's) */
+    ec_tensor *partials;   /* decode only, may be NULL: scratch for split-K partial results */
+    int splits;            /* decode only: key ranges per KV head, 0 = chosen for the device */
+    int64_t max_len;       /* decode only: an upper bound of lengths known to the host (0 = kv_rows) */
 } ec_attention_args;
 ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a);
 
@@ -54,6 +77,9 @@ ec_status ec_op_embedding(ec_context *ctx, ec_tensor *ids, ec_tensor *table, ec_
 
 /* Copies a rows x cols block from src to dst (both column ranges): concat, KV append, slicing. */
 ec_status ec_op_copy(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols);
+/* The same block copied from f32 src into an f16 tensor (rounded to nearest): the f16 KV cache's
+ * append. dst's offset, stride and cols (in f16 values) must be even. */
+ec_status ec_op_copy_to_f16(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols);
 /* out = [a | b | c ...] along the last axis. */
 ec_status ec_op_concat(ec_context *ctx, ec_tensor **parts, int n, ec_tensor *out);
 

@@ -59,6 +59,7 @@ int ec_py_tensor_type_init(PyObject *module); /* adds eyecare._core.Tensor */
 
 /* The method tables of the binding files, one per concern; py_module.c puts them all into the module. */
 extern PyMethodDef ec_py_device_methods[];      /* py_device.c: devices, context */
+extern PyMethodDef ec_py_probe_methods[];       /* py_probe.c: host read bandwidth */
 extern PyMethodDef ec_py_tensor_methods[];      /* py_tensor.c: creating tensors */
 extern PyMethodDef ec_py_ops_methods[];         /* py_ops.c: one function per op, for tests */
 extern PyMethodDef ec_py_safetensors_methods[]; /* py_safetensors.c */

@@ -119,13 +119,18 @@ static int parse_config(PyObject *cfg, ec_decoder_config *c, float **short_facto
 
 static int decoder_init(DecoderObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kw[] = {"config", "weights", "capacity", "max_batch", "chunk", NULL};
+    static char *kw[] = {"config", "weights", "capacity", "max_batch", "chunk", "kv_dtype", NULL};
     PyObject *cfg, *weights;
     long long capacity, chunk = 256;
     int max_batch = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!L|iL", kw, &PyDict_Type, &cfg, &PyDict_Type, &weights, &capacity,
-                                     &max_batch, &chunk))
+    const char *kv_dtype = "float16";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!L|iLs", kw, &PyDict_Type, &cfg, &PyDict_Type, &weights, &capacity,
+                                     &max_batch, &chunk, &kv_dtype))
         return -1;
+    ec_dtype kv;
+    if (strcmp(kv_dtype, "float16") == 0) kv = EC_F16;
+    else if (strcmp(kv_dtype, "float32") == 0) kv = EC_F32;
+    else { PyErr_Format(PyExc_ValueError, "kv_cache_dtype must be 'float16' or 'float32', not '%s'", kv_dtype); return -1; }
     if (self->d) { PyErr_SetString(PyExc_RuntimeError, "the decoder is already initialized"); return -1; }
     ec_decoder_config c;
     float *short_factor = NULL, *long_factor = NULL;
@@ -133,6 +138,7 @@ static int decoder_init(DecoderObject *self, PyObject *args, PyObject *kwargs)
     PyObject *held = NULL;
     int rc = -1;
     if (parse_config(cfg, &c, &short_factor, &long_factor) < 0) goto done;
+    c.kv_dtype = kv;
     ec_context *ctx = ec_py_context();
     if (!ctx) goto done;
     held = PyDict_Copy(weights);

@@ -82,7 +82,7 @@ PyMODINIT_FUNC PyInit__core(void)
     if (!ec_py_FormatError || !ec_py_NoDeviceError || !ec_py_DeviceError || !ec_py_DeviceMemoryError) return NULL;
     if (ec_py_tensor_type_init(m) < 0) return NULL;
     PyMethodDef *tables[] = {ec_py_device_methods, ec_py_tensor_methods, ec_py_ops_methods, ec_py_safetensors_methods,
-                             ec_py_image_methods, ec_py_vision_methods, ec_py_decoder_methods};
+                             ec_py_image_methods, ec_py_vision_methods, ec_py_decoder_methods, ec_py_probe_methods};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++)
         if (add_methods(m, tables[i]) < 0) return NULL;
     return m;

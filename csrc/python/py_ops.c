@@ -157,25 +157,78 @@ static PyObject *op_rope(PyObject *self, PyObject *args)
     RUN_OP(ctx, ec_op_rope(ctx, c, tokens, heads, dim, rot, tc), x, cs);
 }
 
-/* op_attention(q, k, v, out, lengths, batch, tokens, kv_rows, n_heads, n_kv_heads, head_dim, causal, scale)
- * with q/out [B*T, H*D], k/v [B*kv_rows, Hkv*D]. */
+/* op_rope_kv(qkv, cos_sin, n_heads, n_kv_heads, head_dim, rot_dim, q_out, kv, kv_row0): qkv [T, (H + 2 Hkv) D];
+ * q_out [T, H D]; kv [rows, 2 Hkv D] (f32 or f16), written from row kv_row0. */
+static PyObject *op_rope_kv(PyObject *self, PyObject *args)
+{
+    PyObject *x, *cs, *q, *kv;
+    int heads, kv_heads, dim, rot;
+    Py_ssize_t row0;
+    if (!PyArg_ParseTuple(args, "OOiiiiOOn", &x, &cs, &heads, &kv_heads, &dim, &rot, &q, &kv, &row0)) return NULL;
+    ec_tensor *tx = TENSOR(x), *tc = tx ? TENSOR(cs) : NULL, *tq = tc ? TENSOR(q) : NULL, *tk = tq ? TENSOR(kv) : NULL;
+    if (!tk) return NULL;
+    if (row0 < 0) return PyErr_Format(PyExc_ValueError, "negative cache row");
+    ec_context *ctx = ctx_or_null();
+    if (!ctx) return NULL;
+    ec_cols src = ec_whole(tx), table = ec_whole(tc), qo = ec_whole(tq), dst = ec_whole(tk);
+    dst.off = (size_t)row0 * dst.stride;
+    int64_t tokens = tx->ndim > 1 ? tx->shape[0] : 1;
+    RUN_OP(ctx, ec_op_rope_kv(ctx, src, tokens, heads, kv_heads, dim, rot, table, qo, dst), x, cs, q, kv);
+}
+
+/* op_rmsnorm_matmul(x, g, eps, h, w, bias, y, accumulate=False) */
+static PyObject *op_rmsnorm_matmul(PyObject *self, PyObject *args)
+{
+    PyObject *x, *g, *h, *w, *b, *y;
+    float eps;
+    int accumulate = 0;
+    if (!PyArg_ParseTuple(args, "OOfOOOO|p", &x, &g, &eps, &h, &w, &b, &y, &accumulate)) return NULL;
+    ec_tensor *tx = TENSOR(x), *tg = tx ? TENSOR(g) : NULL, *th = tg ? TENSOR(h) : NULL, *tw = th ? TENSOR(w) : NULL;
+    ec_tensor *ty = tw ? TENSOR(y) : NULL;
+    if (!ty) return NULL;
+    ec_tensor *tb = TENSOR_OR_NONE(b);
+    if (PyErr_Occurred()) return NULL;
+    ec_context *ctx = ctx_or_null();
+    if (!ctx) return NULL;
+    RUN_OP(ctx, ec_op_rmsnorm_matmul(ctx, tx, tg, eps, th, tw, tb, ty, accumulate), x, g, h, w, b, y);
+}
+
+/* op_silu_mul_matmul(gate_up, act, w, y, accumulate=False) */
+static PyObject *op_silu_mul_matmul(PyObject *self, PyObject *args)
+{
+    PyObject *gu, *act, *w, *y;
+    int accumulate = 0;
+    if (!PyArg_ParseTuple(args, "OOOO|p", &gu, &act, &w, &y, &accumulate)) return NULL;
+    ec_tensor *tgu = TENSOR(gu), *ta = tgu ? TENSOR(act) : NULL, *tw = ta ? TENSOR(w) : NULL, *ty = tw ? TENSOR(y) : NULL;
+    if (!ty) return NULL;
+    ec_context *ctx = ctx_or_null();
+    if (!ctx) return NULL;
+    RUN_OP(ctx, ec_op_silu_mul_matmul(ctx, tgu, ta, tw, ty, accumulate), gu, act, w, y);
+}
+
+/* op_attention(q, k, v, out, lengths, batch, tokens, kv_rows, n_heads, n_kv_heads, head_dim, causal, scale
+ *              [, partials, splits, max_len])
+ * with q/out [B*T, H*D], k/v [B*kv_rows, Hkv*D]; the last three only matter for decode (T = 1). */
 static PyObject *op_attention(PyObject *self, PyObject *args)
 {
-    PyObject *q, *k, *v, *o, *l;
+    PyObject *q, *k, *v, *o, *l, *part = Py_None;
     ec_attention_args a = {0};
-    long long B, T, S;
-    int causal;
-    if (!PyArg_ParseTuple(args, "OOOOOLLLiiipf", &q, &k, &v, &o, &l, &B, &T, &S, &a.n_heads, &a.n_kv_heads,
-                          &a.head_dim, &causal, &a.scale))
+    long long B, T, S, max_len = 0;
+    int causal, splits = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOLLLiiipf|OiL", &q, &k, &v, &o, &l, &B, &T, &S, &a.n_heads, &a.n_kv_heads,
+                          &a.head_dim, &causal, &a.scale, &part, &splits, &max_len))
         return NULL;
     ec_tensor *tq = TENSOR(q), *tk = tq ? TENSOR(k) : NULL, *tv = tk ? TENSOR(v) : NULL;
     ec_tensor *to = tv ? TENSOR(o) : NULL, *tl = to ? TENSOR(l) : NULL;
     if (!tl) return NULL;
+    ec_tensor *tp = TENSOR_OR_NONE(part);
+    if (PyErr_Occurred()) return NULL;
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
     a.q = ec_whole(tq); a.k = ec_whole(tk); a.v = ec_whole(tv); a.out = ec_whole(to);
     a.batch = B; a.tokens = T; a.kv_rows = S; a.causal = causal; a.lengths = tl;
-    RUN_OP(ctx, ec_op_attention(ctx, &a), q, k, v, o, l);
+    a.partials = tp; a.splits = splits; a.max_len = max_len;
+    RUN_OP(ctx, ec_op_attention(ctx, &a), q, k, v, o, l, part == Py_None ? NULL : part);
 }
 
 static PyObject *op_embedding(PyObject *self, PyObject *args)
@@ -202,6 +255,21 @@ static PyObject *op_copy(PyObject *self, PyObject *args)
     if (!ctx) return NULL;
     ec_cols src = {ts, (size_t)so, (size_t)ss}, dst = {td, (size_t)dof, (size_t)ds};
     RUN_OP(ctx, ec_op_copy(ctx, src, dst, rows, cols), s, d);
+}
+
+/* op_copy_to_f16(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols): f32 src into f16 dst */
+static PyObject *op_copy_to_f16(PyObject *self, PyObject *args)
+{
+    PyObject *s, *d;
+    Py_ssize_t so, ss, dof, ds, rows, cols;
+    if (!PyArg_ParseTuple(args, "OnnOnnnn", &s, &so, &ss, &d, &dof, &ds, &rows, &cols)) return NULL;
+    ec_tensor *ts = TENSOR(s), *td = ts ? TENSOR(d) : NULL;
+    if (!td) return NULL;
+    if (so < 0 || ss < 0 || dof < 0 || ds < 0 || rows < 0 || cols < 0) return PyErr_Format(PyExc_ValueError, "negative offset, stride or size");
+    ec_context *ctx = ctx_or_null();
+    if (!ctx) return NULL;
+    ec_cols src = {ts, (size_t)so, (size_t)ss}, dst = {td, (size_t)dof, (size_t)ds};
+    RUN_OP(ctx, ec_op_copy_to_f16(ctx, src, dst, rows, cols), s, d);
 }
 
 static PyObject *concat_locked(ec_context *ctx, ec_tensor **parts, int n, ec_tensor *to, PyObject **objs)
@@ -300,9 +368,13 @@ PyMethodDef ec_py_ops_methods[] = {
     {"op_silu_mul", op_silu_mul, METH_VARARGS, "op_silu_mul(gate, up_or_None, y): y = silu(gate) * up"},
     {"op_softmax", op_softmax, METH_VARARGS, "op_softmax(x, y, scale=1)"},
     {"op_rope", op_rope, METH_VARARGS, "op_rope(x, cos_sin, n_heads, head_dim, rot_dim, col_offset=0), in place"},
-    {"op_attention", op_attention, METH_VARARGS, "op_attention(q, k, v, out, lengths, B, T, kv_rows, H, Hkv, D, causal, scale)"},
+    {"op_attention", op_attention, METH_VARARGS, "op_attention(q, k, v, out, lengths, B, T, kv_rows, H, Hkv, D, causal, scale[, partials, splits, max_len])"},
     {"op_embedding", op_embedding, METH_VARARGS, "op_embedding(ids, table, out)"},
     {"op_copy", op_copy, METH_VARARGS, "op_copy(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols)"},
+    {"op_rope_kv", op_rope_kv, METH_VARARGS, "op_rope_kv(qkv, cos_sin, H, Hkv, D, rot_dim, q_out, kv, kv_row0)"},
+    {"op_rmsnorm_matmul", op_rmsnorm_matmul, METH_VARARGS, "op_rmsnorm_matmul(x, g, eps, h, w, bias, y, accumulate=False)"},
+    {"op_silu_mul_matmul", op_silu_mul_matmul, METH_VARARGS, "op_silu_mul_matmul(gate_up, act, w, y, accumulate=False)"},
+    {"op_copy_to_f16", op_copy_to_f16, METH_VARARGS, "op_copy_to_f16(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols)"},
     {"op_concat", op_concat, METH_VARARGS, "op_concat([a, b, ...], out): along the last axis"},
     {"op_pool2d", op_pool2d, METH_VARARGS, "op_pool2d(x, batch, h, w, oh, ow, y): adaptive average pooling"},
     {"op_argmax", op_argmax, METH_VARARGS, "op_argmax(x, out_int32)"},
