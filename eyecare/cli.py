@@ -29,18 +29,23 @@ def cmd_info(args) -> int:
     v, t = config["vision_config"], config["text_config"]
     parts = {"vision_tower.": [0, 0], "connector.": [0, 0], "language_model.": [0, 0]}
     dtypes = {}
-    itemsize = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4}
+    itemsize = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "I8": 1}
     with open_safetensors(args.model) as ckpt:
         for name in ckpt.names():
             dtype, shape = ckpt.info(name)
             count = 1
             for s in shape:
                 count *= s
+            nbytes = count * itemsize.get(dtype, 4)
+            if name.endswith(".scales") and (config.get("quantization") or {}).get("method"):
+                count = 0  # a quantized weight's parameters are counted with its packed integers
+            elif name.endswith(".qweight") and (config.get("quantization") or {}).get("method") == "int4":
+                count *= 2
             dtypes[dtype] = dtypes.get(dtype, 0) + 1
             for prefix, acc in parts.items():
                 if name.startswith(prefix):
                     acc[0] += count
-                    acc[1] += count * itemsize.get(dtype, 4)
+                    acc[1] += nbytes
     kv_per_token = 2 * t["num_hidden_layers"] * t.get("num_key_value_heads", t["num_attention_heads"]) * \
         (t["hidden_size"] // t["num_attention_heads"]) * 4
     weights = sum(b for _, b in parts.values())
@@ -57,7 +62,24 @@ def cmd_info(args) -> int:
     print(f"  dtypes   {', '.join(f'{k} x{n}' for k, n in sorted(dtypes.items()))}")
     print(f"  device memory: {weights / 2**30:.2f} GiB of weights + {kv_per_token * 4096 / 2**30:.2f} GiB of "
           f"KV cache for a 4096-token context (f32)")
+    from .quantize import VARIANTS, Quantization, model_weight_bytes
+
+    stored = Quantization.from_config(config)
+    if stored is not None:
+        print(f"  quantized {stored.method} (blocks of 32, f16 scales): LLM linear layers"
+              f"{', lm_head' if stored.lm_head else ''}{', vision linear layers' if stored.vision else ''}")
+    print("  weights on the device by variant (what from_pretrained(quantize=...) loads; + the KV cache above):")
+    for label, quant in VARIANTS.items():
+        if stored is not None and (quant is None or quant.method != stored.method or (stored.vision and not quant.vision)):
+            continue  # not loadable from this checkpoint
+        parts = model_weight_bytes(config, quant)
+        print(f"    {label:<12} {_size(sum(parts.values()))}  (vision {_size(parts['vision'])}, "
+              f"connector {_size(parts['connector'])}, LLM {_size(parts['language'])})")
     return 0
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**27 else f"{nbytes / 2**20:.2f} MiB"
 
 
 def _default_model() -> Path:
@@ -106,7 +128,7 @@ def _groups(text: str) -> list[list[int]]:
 
 
 def cmd_convert(args) -> int:
-    from .convert import convert_llava, convert_parts
+    from .convert import convert_checkpoint, convert_llava, convert_parts
 
     connector = {}
     if args.feature_layer is not None:
@@ -114,16 +136,22 @@ def cmd_convert(args) -> int:
     if args.groups:
         connector["groups"] = _groups(args.groups)
     adaptive = {"tile_pool": args.tile_pool} if args.tile_pool else None
-    if args.llava:
+    quant = dict(quantize=args.quantize, quantize_vision=args.quantize_vision, quantize_lm_head=args.quantize_lm_head)
+    if args.checkpoint:
+        if args.llava or args.vision or args.llm or args.connector or connector or adaptive:
+            raise ValueError("--checkpoint DIR re-writes an EyecareGPT checkpoint as it is: give no other source or "
+                             "connector option")
+        written = convert_checkpoint(args.checkpoint, args.out, dtype=args.dtype, **quant)
+    elif args.llava:
         if args.vision or args.llm or args.connector:
             raise ValueError("give either --llava DIR, or --vision, --llm and --connector")
         written = convert_llava(args.llava, args.out, vision_config=args.vision_config, text_model_type=args.text_model_type,
-                                dtype=args.dtype, connector=connector, adaptive_resolution=adaptive)
+                                dtype=args.dtype, connector=connector, adaptive_resolution=adaptive, **quant)
     else:
         if not (args.vision and args.llm and args.connector):
-            raise ValueError("give --vision DIR --llm DIR --connector FILE (or --llava DIR)")
+            raise ValueError("give --vision DIR --llm DIR --connector FILE (or --llava DIR, or --checkpoint DIR)")
         written = convert_parts(args.vision, args.llm, args.connector, args.out, dtype=args.dtype, connector=connector,
-                                adaptive_resolution=adaptive)
+                                adaptive_resolution=adaptive, **quant)
     print(f"wrote {args.out}: {', '.join(p.name for p in written)}")
     return 0
 
@@ -165,12 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm", metavar="DIR", help="Hugging Face Phi-3 or Qwen2 checkpoint (with its tokenizer)")
     p.add_argument("--connector", metavar="FILE", help="safetensors of the projector (0.weight, 2.weight ...)")
     p.add_argument("--llava", metavar="DIR", help="a LLaVA-style merged checkpoint instead of the three parts")
+    p.add_argument("--checkpoint", metavar="DIR", help="an EyecareGPT checkpoint to re-write (e.g. with --quantize)")
     p.add_argument("--vision-config", metavar="FILE", help="SigLIP config.json, when the LLaVA config lacks one")
     p.add_argument("--text-model-type", choices=["phi3", "qwen2"], help="the LLM family, when the LLaVA config hides it")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="cast the weights (default: as stored)")
     p.add_argument("--feature-layer", type=int, help="the LDC's F_last hidden state (default -2)")
     p.add_argument("--groups", help="the LDC's averaged ranges of hidden states (default 0:13,13:26)")
     p.add_argument("--tile-pool", type=int, help="tile token pooling factor (default 2)")
+    p.add_argument("--quantize", choices=["int8", "int4"],
+                   help="store the LLM's linear layers as int8 or int4 blocks of 32 with float16 scales")
+    p.add_argument("--quantize-vision", action="store_true", help="with --quantize: the vision tower's linear layers too")
+    p.add_argument("--quantize-lm-head", action="store_true", help="with --quantize: the lm_head too")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("make-tiny", help="write a tiny random-weight checkpoint (tests, demos, benchmarks)")

@@ -218,3 +218,102 @@ def quantize_to_device(w: np.ndarray, method: str):
     """Quantizes a weight on the host and uploads it; the host copy is dropped once uploaded."""
     packed, scales = quantize(w, method)
     return to_device(packed, scales, method, np.asarray(w).shape[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading: a weight as stored (float, or packed and scales), quantized on the way when a plan asks.
+
+def plan(stored: "Quantization | None", method: str | None, vision: bool = False, lm_head: bool = False) -> "Quantization | None":
+    """What a load quantizes: what the checkpoint already holds quantized (``stored``), plus what the caller
+    asks for (``method`` with the vision tower and/or the lm_head). A checkpoint quantized with one method
+    cannot be loaded as the other: its full-precision weights are gone."""
+    if method is None:
+        if vision or lm_head:
+            raise ValueError("quantize_vision / quantize_lm_head need quantize='int8' or 'int4'")
+        return stored
+    _check_method(method)
+    if stored is not None and stored.method != method:
+        raise ValueError(f"the checkpoint is quantized to {stored.method}; it cannot be loaded as {method} "
+                         f"(load it without quantize=, or quantize its full-precision original)")
+    if stored is None:
+        return Quantization(method, vision, lm_head)
+    return Quantization(method, stored.vision or vision, stored.lm_head or lm_head)
+
+
+def check_stored(ckpt, name: str, shape: tuple, quant: Quantization) -> list[str]:
+    """Problems with a quantized weight's two tensors in an open checkpoint (empty when it is sound)."""
+    problems = []
+    for part, (want_shape, want_dtype) in zip(stored_names(name), ((packed_shape(quant.method, *shape), "U8"),
+                                                                    (scales_shape(*shape), "F16"))):
+        if part not in ckpt:
+            problems.append(f"missing {part}")
+            continue
+        dtype, got = ckpt.info(part)
+        if dtype != want_dtype or tuple(got) != tuple(want_shape):
+            problems.append(f"{part} is {dtype} {list(got)}, expected {want_dtype} {list(want_shape)} "
+                            f"({quant.method} blocks of {BLOCK} for a {list(shape)} weight)")
+    return problems
+
+
+def load_packed(ckpt, name: str, shape: tuple, stored: "Quantization | None", method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(packed, scales) of the weight ``name`` [N, K]: read as stored when the checkpoint holds it quantized,
+    else quantized from its full-precision values (a memory-mapped view, read a few rows at a time)."""
+    if stored is not None and stored.applies(name):
+        problems = check_stored(ckpt, name, shape, stored)
+        if problems:
+            from ._core import FormatError
+
+            raise FormatError(f"{getattr(ckpt, 'path', 'checkpoint')}: " + "; ".join(problems))
+        packed, scales = (ckpt.get(n) for n in stored_names(name))
+        return packed, scales
+    return quantize(ckpt.get(name), method)
+
+
+def load_weight(ckpt, name: str, shape: tuple, stored: "Quantization | None", quant: "Quantization | None"):
+    """The device tensor of checkpoint weight ``name``: quantized when the plan ``quant`` covers it (read
+    packed, or quantized now), else as stored."""
+    if quant is not None and len(shape) == 2 and quant.applies(name):
+        packed, scales = load_packed(ckpt, name, shape, stored, quant.method)
+        return to_device(packed, scales, quant.method, shape[1])
+    return ckpt.to_device(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sizes: what each variant of a model holds on the device.
+
+def tensor_bytes(name: str, shape: tuple, quant: "Quantization | None", float_bytes: int = 2) -> int:
+    """Bytes of one weight on the device: float_bytes per value, or packed integers + scales when quantized."""
+    if quant is not None and len(shape) == 2 and quant.applies(name):
+        return quantized_nbytes(quant.method, *shape)
+    n = float_bytes
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def model_weight_bytes(config: dict, quant: "Quantization | None", float_bytes: int = 2) -> dict:
+    """Bytes of the weights EyecareGPT.from_pretrained puts on the device for an EyecareGPT config.json, by
+    part ("vision", "connector", "language"), with every float weight at float_bytes and the weights
+    ``quant`` covers quantized. The vision layers past the connector's last feature layer are not loaded."""
+    from .checkpoint import LANGUAGE_PREFIX, connector_tensors, siglip_tensors
+    from .config import DecoderConfig
+    from .vision import check_config
+
+    text = DecoderConfig.from_dict(config["text_config"])
+    layers_run = check_config(config)["layers_run"]
+    vision = {"num_channels": 3, **config["vision_config"]}
+    parts = {"vision": 0, "connector": 0, "language": 0}
+    marker = ".encoder.layers."
+    for name, shape in siglip_tensors(vision).items():
+        if ".post_layernorm." in name or (marker in name and int(name.split(marker)[1].split(".")[0]) >= layers_run):
+            continue
+        parts["vision"] += tensor_bytes(name, shape, quant, float_bytes)
+    for name, shape in connector_tensors(vision["hidden_size"], text.hidden_size).items():
+        parts["connector"] += tensor_bytes(name, shape, quant, float_bytes)
+    for name, shape in text.checkpoint_tensors().items():
+        parts["language"] += tensor_bytes(LANGUAGE_PREFIX + name, shape, quant, float_bytes)
+    return parts
+
+
+VARIANTS = {"bf16": None, "int8": Quantization("int8"), "int4": Quantization("int4"),
+            "int8+vision": Quantization("int8", vision=True), "int4+vision": Quantization("int4", vision=True)}

@@ -168,3 +168,223 @@ def test_quantized_weights_are_refused_where_no_kernel_reads_them():
         core.op_matmul(x, tensor(rng.standard_normal((32, 32)).astype(np.float32)), bias, empty((2, 32)))
     with pytest.raises(ValueError, match="columns"):
         core.op_matmul(tensor(rng.standard_normal((2, 31)).astype(np.float32)), wq, None, empty((2, 8)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Models: a quantized decoder against transformers holding the same (dequantized) weights
+
+
+def _dequantized_reference(model, method):
+    """transformers' model in f32 holding bf16-rounded weights (as the bf16 checkpoint stores them), with
+    every linear layer eyecare quantizes replaced by the block format's values (reference_blocks)."""
+    import torch
+    from tiny_llm import reference_with_dtype
+
+    ref = reference_with_dtype(model, torch.bfloat16)
+    quant = Q.Quantization(method)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if p.ndim == 2 and quant.applies(name):
+                q, d = reference_blocks(p.numpy(), method)
+                p.copy_(torch.from_numpy(values(q, d, p.shape[1])))
+    return ref
+
+
+@pytest.mark.parametrize("family", ["phi3", "qwen2"])
+@pytest.mark.parametrize("method", METHODS)
+def test_quantized_decoder_matches_transformers_with_the_same_weights(tmp_path, family, method):
+    """Load-time quantization of a bf16 checkpoint: prefill and decode logits equal transformers' with the
+    dequantized weights, to the float decoder's tolerance (test_decoder.py). Qwen2's hidden size of 112 is
+    no multiple of 32, so its rows end in partial blocks, and its q/k/v are quantized apart and fused."""
+    import torch
+    from test_decoder import check_prefill_and_decode
+    from tiny_llm import phi3_model, qwen2_model, save_checkpoint
+
+    from eyecare import LanguageModel
+
+    model = (phi3_model if family == "phi3" else qwen2_model)(seed=3)
+    save_checkpoint(model, str(tmp_path), dtype=torch.bfloat16)
+    lm = LanguageModel.from_pretrained(tmp_path, quantize=method)
+    try:
+        kinds = {n: t.dtype for n, t in lm._weights.items()}
+        assert kinds["model.layers.0.self_attn.qkv_proj.weight"] == method
+        assert kinds["model.layers.1.mlp.down_proj.weight"] == method
+        assert kinds["lm_head.weight"] == "bfloat16" and kinds["model.embed_tokens.weight"] == "bfloat16"
+        check_prefill_and_decode(lm, _dequantized_reference(model, method), prompt_len=40, steps=6)
+    finally:
+        lm.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# EyecareGPT: a quantized checkpoint written by the converter, end to end
+
+
+def _read_all(path):
+    from eyecare.safetensors import open_safetensors
+
+    with open_safetensors(path) as ckpt:
+        return {n: ((np.array(ckpt.get(n)), "BF16") if ckpt.info(n)[0] == "BF16" else np.array(ckpt.get(n)))
+                for n in ckpt.names()}
+
+
+def _rewrite(src, dst, tensors, config_change=None):
+    """A copy of checkpoint directory src with other tensors (and config.json entries)."""
+    import json
+    import shutil
+
+    from eyecare.safetensors import save_safetensors
+
+    shutil.copytree(src, dst)
+    save_safetensors(tensors, dst / "model.safetensors")
+    if config_change:
+        config = json.loads((dst / "config.json").read_text())
+        config.update(config_change)
+        (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def _dequantized_copy(src, dst):
+    """The quantized checkpoint's weights as the float32 values they stand for, under their plain names (a
+    checkpoint transformers can load as the reference)."""
+    import json
+
+    from eyecare.config import DecoderConfig
+    from eyecare.core import from_bfloat16
+    from eyecare.model import _expected_tensors
+
+    config = json.loads((src / "config.json").read_text())
+    quant = Q.Quantization.from_config(config)
+    shapes = _expected_tensors(config, DecoderConfig.from_dict(config["text_config"]))
+    stored = _read_all(src)
+    tensors = {}
+    for name, value in stored.items():
+        if name.endswith(".scales"):
+            continue
+        if name.endswith(".qweight"):
+            base = name[:-len(".qweight")]
+            k = shapes[base + ".weight"][1]
+            tensors[base + ".weight"] = Q.dequantize(value, stored[base + ".scales"], quant.method, k)
+        else:
+            tensors[name] = from_bfloat16(value[0]) if isinstance(value, tuple) else value.astype(np.float32)
+    del config["quantization"]
+    return _write_plain(src, dst, tensors, config)
+
+
+def _write_plain(src, dst, tensors, config):
+    import json
+    import shutil
+
+    from eyecare.safetensors import save_safetensors
+
+    shutil.copytree(src, dst)
+    save_safetensors(tensors, dst / "model.safetensors")
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.fixture(scope="module", params=["phi3", "qwen2"])
+def quantized_tiny(request, tmp_path_factory):
+    """A bf16 tiny EyecareGPT and its int4 conversion (LLM and vision tower quantized)."""
+    from eyecare.convert import convert_checkpoint
+    from eyecare.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp(f"q-{request.param}")
+    src = make_tiny(root / "bf16", request.param, dtype="bfloat16", seed=5)
+    convert_checkpoint(src, root / "int4", quantize="int4", quantize_vision=True)
+    return root / "bf16", root / "int4"
+
+
+def test_quantized_eyecaregpt_equals_transformers_with_the_dequantized_weights(quantized_tiny, tmp_path):
+    """int4 LLM and vision tower: greedy answers about an image are transformers' (SigLIP + LDC + LLM in
+    f32, reference.py) holding the values the packed blocks stand for."""
+    from eyecare.model import EyecareGPT
+    from reference import IMAGES, Reference
+
+    bf16, int4 = quantized_tiny
+    model = EyecareGPT.from_pretrained(int4, progress=False)
+    try:
+        assert model.language._weights["model.layers.1.mlp.gate_up_proj.weight"].dtype == "int4"
+        ref = Reference.from_checkpoint(_dequantized_copy(int4, tmp_path / "dequantized"), model.config)
+        model.chat("Describe the findings.", images=IMAGES[:1], max_new_tokens=10)
+        got, want = model.last_output.token_ids, ref.greedy(model, "Describe the findings.", IMAGES[:1], 10)
+        assert got == want[:len(got)] and (len(got) == len(want) or want[len(got)] in model.language.eos_token_ids)
+        inputs = model.processor(IMAGES[:1])
+        want_tokens = ref.image_tokens(inputs["pixel_values"], inputs["image_grids"])[0].numpy()
+        np.testing.assert_allclose(model.encode_images(IMAGES[:1])[0], want_tokens, rtol=1e-4, atol=1e-4)
+    finally:
+        model.close()
+
+
+def test_load_time_quantization_equals_the_converted_checkpoint(quantized_tiny):
+    """from_pretrained(quantize=...) on the bf16 checkpoint loads the very blocks the converter wrote."""
+    from eyecare.model import EyecareGPT
+
+    bf16, int4 = quantized_tiny
+    a = EyecareGPT.from_pretrained(int4, progress=False)
+    b = EyecareGPT.from_pretrained(bf16, progress=False, quantize="int4", quantize_vision=True)
+    try:
+        for name, t in a.language._weights.items():
+            u = b.language._weights[name]
+            assert t.dtype == u.dtype, name
+            if t.dtype == "int4":
+                for x, y in zip(t.packed(), u.packed()):
+                    np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))
+        from reference import IMAGES
+
+        np.testing.assert_array_equal(a.forward("Describe.", IMAGES[:1]), b.forward("Describe.", IMAGES[:1]))
+    finally:
+        a.close()
+        b.close()
+
+
+def _hostile(quantized_tiny, tmp_path, change, config_change=None):
+    from eyecare.model import EyecareGPT
+
+    _, int4 = quantized_tiny
+    tensors = _read_all(int4)
+    change(tensors)
+    path = _rewrite(int4, tmp_path / "hostile", tensors, config_change)
+    return lambda **kw: EyecareGPT.from_pretrained(path, progress=False, **kw)
+
+
+LAYER = "language_model.model.layers.0."
+
+
+@pytest.mark.parametrize("what,change,message", [
+    ("wrong scale shape", lambda t: t.update({LAYER + "self_attn.o_proj.scales": t[LAYER + "self_attn.o_proj.scales"][:, :1]}),
+     "o_proj.scales is"),
+    ("truncated packed data", lambda t: t.update({LAYER + "mlp.down_proj.qweight": t[LAYER + "mlp.down_proj.qweight"][:, :-16]}),
+     "down_proj.qweight is"),
+    ("packed data of another dtype", lambda t: t.update({LAYER + "mlp.down_proj.qweight": t[LAYER + "mlp.down_proj.qweight"].view(np.int8)}),
+     "expected U8"),
+    ("scales missing", lambda t: t.pop(LAYER + "mlp.down_proj.scales"), "missing: " + LAYER + "mlp.down_proj.scales"),
+    ("a float weight beside its packed one", lambda t: t.update({LAYER + "mlp.down_proj.weight": np.zeros((64, 128), np.float32)}),
+     "unexpected"),
+])
+@pytest.mark.filterwarnings("ignore:.*tensors the model does not use")
+def test_hostile_quantized_checkpoints_raise_format_error(quantized_tiny, tmp_path, what, change, message):
+    load = _hostile(quantized_tiny, tmp_path, change)
+    with pytest.raises(core.FormatError, match=message.replace(".", r"\.")):
+        load()
+
+
+def test_truncated_quantized_file_and_bad_quantization_config(quantized_tiny, tmp_path):
+    import shutil
+
+    from eyecare.model import EyecareGPT
+
+    _, int4 = quantized_tiny
+    cut = tmp_path / "cut"
+    shutil.copytree(int4, cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:len(data) - 100])
+    with pytest.raises(core.FormatError):
+        EyecareGPT.from_pretrained(cut, progress=False)
+    bad = _hostile(quantized_tiny, tmp_path / "b", lambda t: None, {"quantization": {"method": "int3", "block_size": 32}})
+    with pytest.raises(core.FormatError, match="quantization"):
+        bad()
+    other_block = _hostile(quantized_tiny, tmp_path / "c", lambda t: None, {"quantization": {"method": "int4", "block_size": 64}})
+    with pytest.raises(core.FormatError, match="block_size"):
+        other_block()
+    with pytest.raises(ValueError, match="quantized to int4; it cannot be loaded as int8"):
+        EyecareGPT.from_pretrained(int4, progress=False, quantize="int8")
