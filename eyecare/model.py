@@ -11,6 +11,7 @@ replaced by its image's tokens (global view, then pooled tiles); the decoder run
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from typing import Iterable
@@ -54,10 +55,24 @@ class EyecareGPT:
         self.tokenizer = language.tokenizer
         self.path = path
         self.image_token = config.get("image_token", IMAGE_TOKEN)
-        #: What the last call spent: vision_ms, prefill_ms, decode_ms, tokens, decode_tokens_per_s ...
-        self.timings: dict = {}
-        #: The last answer's GenerationOutput (text, token_ids, finish_reason, timings).
-        self.last_output = None
+        # timings and last_output belong to the thread that made the call: two threads sharing the model
+        # each read their own call's figures, never the other's (see the properties below).
+        self._calls = threading.local()
+
+    @property
+    def timings(self) -> dict:
+        """What this thread's last call spent: vision_ms, prompt_tokens, prefill_ms, decode_ms, tokens,
+        decode_tokens_per_s ... ({} before its first call). Each call replaces it."""
+        return getattr(self._calls, "timings", {})
+
+    @property
+    def last_output(self):
+        """This thread's last answer: a GenerationOutput (text, token_ids, finish_reason, timings), or for
+        generate() the list of them; None before its first call or after a call that failed."""
+        return getattr(self._calls, "last_output", None)
+
+    def _set_call(self, timings: dict, last_output) -> None:
+        self._calls.timings, self._calls.last_output = timings, last_output
 
     # ---------------------------------------------------------------------------------------------
     # Loading
@@ -146,17 +161,21 @@ class EyecareGPT:
 
     def encode_images(self, images: Iterable) -> list[np.ndarray]:
         """The image tokens the LLM sees, one float32 array [n_tokens, d_llm] per image."""
-        images = list(images)
+        tokens, timings = self._encode_images(list(images))
+        self._set_call(timings, None)
+        return tokens
+
+    def _encode_images(self, images: list) -> tuple[list[np.ndarray], dict]:
         if not images:
-            return []
+            return [], {"vision_ms": 0.0, "views": 0}
         start = time.perf_counter()
         inputs = self.processor(images)
         tokens = self.vision.encode(inputs["pixel_values"], inputs["image_grids"])
         counts = list(inputs["num_image_tokens"])
         if sum(counts) != tokens.shape[0]:
             raise RuntimeError(f"the processor expects {sum(counts)} image tokens, the tower gave {tokens.shape[0]}")
-        self.timings = {"vision_ms": (time.perf_counter() - start) * 1e3, "views": int(inputs["pixel_values"].shape[0])}
-        return np.split(tokens, np.cumsum(counts)[:-1])
+        timings = {"vision_ms": (time.perf_counter() - start) * 1e3, "views": int(inputs["pixel_values"].shape[0])}
+        return np.split(tokens, np.cumsum(counts)[:-1]), timings
 
     def build_prompt(self, question: str, images: Iterable = (), history=None, system: str | None = None) -> str:
         """The chat-template text of a conversation, one image placeholder per image (prepended to the
@@ -196,9 +215,13 @@ class EyecareGPT:
         return np.concatenate(parts, axis=0)
 
     def prepare(self, question: str, images: Iterable = (), history=None, system: str | None = None) -> np.ndarray:
-        images = list(images)
+        """inputs_embeds [T, d_llm] of a question about images: build_prompt, then embed_prompt."""
+        return self._prepare(question, list(images), history, system)[0]
+
+    def _prepare(self, question, images, history, system) -> tuple[np.ndarray, float]:
         prompt = self.build_prompt(question, images, history, system)
-        return self.embed_prompt(prompt, self.encode_images(images) if images else [])
+        tokens, timings = self._encode_images(images)
+        return self.embed_prompt(prompt, tokens), timings["vision_ms"]
 
     def forward(self, question: str, images: Iterable = (), history=None, system: str | None = None) -> np.ndarray:
         """Logits [T, vocab] of every position of the rendered prompt (with image tokens spliced in)."""
@@ -214,11 +237,11 @@ class EyecareGPT:
         """Answers a question about any number of images (paths, bytes, NumPy arrays or PIL images).
         history: earlier turns, as (question, answer) pairs or {"role", "content"} messages. Returns the
         answer, or with stream=True an iterator of text pieces. temperature None or 0 is greedy."""
-        images = list(images)
-        embeds = self.prepare(question, images, history, system)
+        self._set_call({}, None)
+        embeds, vision_ms = self._prepare(question, list(images), history, system)
         options = dict(max_new_tokens=max_new_tokens, stop=stop, seed=seed, top_k=top_k, top_p=top_p,
                        repetition_penalty=repetition_penalty, **_sampling(temperature))
-        return self._answer(embeds, bool(images), options, stream)
+        return self._answer(embeds, vision_ms, options, stream)
 
     def chat_messages(self, messages: list, images: Iterable = (), *, max_new_tokens: int = 512,
                       temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
@@ -227,15 +250,15 @@ class EyecareGPT:
         """Like chat(), for a whole conversation: `messages` are {"role", "content"} dicts whose text holds
         one image placeholder per image, `images` those images in order (eyecare.chat_messages.split_messages
         makes both from OpenAI-style messages). Returns the answer, or with stream=True an iterator of pieces."""
-        images = list(images)
+        self._set_call({}, None)
         prompt = self.language.apply_chat_template(list(messages), add_generation_prompt=True)
-        embeds = self.embed_prompt(prompt, self.encode_images(images) if images else [])
+        tokens, timings = self._encode_images(list(images))
+        embeds = self.embed_prompt(prompt, tokens)
         options = dict(max_new_tokens=max_new_tokens, stop=stop, seed=seed, top_k=top_k, top_p=top_p,
                        repetition_penalty=repetition_penalty, **_sampling(temperature))
-        return self._answer(embeds, bool(images), options, stream)
+        return self._answer(embeds, timings["vision_ms"], options, stream)
 
-    def _answer(self, embeds, has_images: bool, options: dict, stream: bool):
-        vision_ms = self.timings.get("vision_ms", 0.0) if has_images else 0.0
+    def _answer(self, embeds, vision_ms: float, options: dict, stream: bool):
         if stream:
             pieces = self.language.stream(inputs_embeds=embeds, **options)
             return self._streamed(pieces, vision_ms)
@@ -249,23 +272,38 @@ class EyecareGPT:
         if getattr(pieces, "output", None) is not None:
             self._record(pieces.output, vision_ms)
 
-    def generate(self, requests: list, **options) -> list[str]:
+    def generate(self, requests: list, *, max_new_tokens: int = 512, temperature: float | None = None,
+                 top_p: float | None = None, top_k: int | None = None, repetition_penalty: float | None = None,
+                 seed: int | None = None, stop=None) -> list[str]:
         """Answers several independent requests, decoded together on the device (max_batch at a time).
-        Each request is a dict {"question", "images", "history", "system"} or a question string."""
-        embeds = []
+        Each request is a dict {"question", "images", "history", "system"} or a question string. The
+        options are chat()'s, with the same defaults. Afterwards ``last_output`` is the list of
+        GenerationOutputs and ``timings`` sums the figures of all the requests."""
+        self._set_call({}, None)
+        embeds, vision_ms = [], 0.0
         for r in requests:
             r = {"question": r} if isinstance(r, str) else dict(r)
-            embeds.append(self.prepare(r.get("question", ""), r.get("images", ()), r.get("history"), r.get("system")))
-        temperature = options.pop("temperature", None)
-        outs = self.language.generate(inputs_embeds=embeds, **options, **_sampling(temperature))
+            e, ms = self._prepare(r.get("question", ""), list(r.get("images", ())), r.get("history"), r.get("system"))
+            embeds.append(e)
+            vision_ms += ms
+        outs = self.language.generate(inputs_embeds=embeds, max_new_tokens=max_new_tokens, stop=stop, seed=seed,
+                                      top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                                      **_sampling(temperature))
+        # Sequences decoded together share one prefill and one decode time: count each group once.
+        groups = outs[::self.language.max_batch]
+        prefill_ms, decode_ms = sum(o.prefill_ms for o in groups), sum(o.decode_ms for o in groups)
+        tokens = sum(len(o.token_ids) for o in outs)
+        steps = sum(max(len(o.token_ids) - 1, 0) for o in outs)
+        self._set_call({"vision_ms": vision_ms, "requests": len(outs), "prompt_tokens": sum(o.prompt_tokens for o in outs),
+                        "prefill_ms": prefill_ms, "decode_ms": decode_ms, "tokens": tokens,
+                        "decode_tokens_per_s": steps / (decode_ms / 1e3) if decode_ms > 0 else float("inf")}, outs)
         return [o.text for o in outs]
 
     def _record(self, out, vision_ms):
-        self.last_output = out
-        self.timings = {"vision_ms": vision_ms, "prompt_tokens": out.prompt_tokens, "prefill_ms": out.prefill_ms,
+        self._set_call({"vision_ms": vision_ms, "prompt_tokens": out.prompt_tokens, "prefill_ms": out.prefill_ms,
                         "prefill_tokens_per_s": out.prefill_tokens_per_s, "decode_ms": out.decode_ms,
                         "decode_tokens_per_s": out.decode_tokens_per_s, "tokens": len(out.token_ids),
-                        "finish_reason": out.finish_reason}
+                        "finish_reason": out.finish_reason}, out)
 
 
 def _sampling(temperature):

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -135,52 +134,66 @@ def test_unwritable_output_path_fails_before_any_work(tmp_path):
         run(records, model, tmp_path / "junk.jsonl", progress=False)
 
 
-SLOW_MODEL = textwrap.dedent("""
-    import time
+PAUSING_MODEL = textwrap.dedent("""
+    import os
 
-    class Slow:
+    class Pausing:
+        \"\"\"Answers; with PAUSE_FDS="ready,hold" set, on its 9th question it says so on the `ready` pipe and
+        waits forever on the `hold` pipe (nobody writes to it): the test kills it there.\"\"\"
+        def __init__(self):
+            self.calls = 0
+
         def chat(self, question, images=None):
-            time.sleep(0.02)
+            self.calls += 1
+            if self.calls == 9 and os.environ.get("PAUSE_FDS"):
+                ready, hold = (int(fd) for fd in os.environ["PAUSE_FDS"].split(","))
+                os.write(ready, b"8 answered\\n")
+                os.read(hold, 1)
             return "Answer to " + question + " with " + str(len(images)) + " image(s)"
 
     def make():
-        return Slow()
+        return Pausing()
 """)
 
 
 def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     records = _dataset(tmp_path, n=40)
-    (tmp_path / "slowmodel.py").write_text(SLOW_MODEL)
+    (tmp_path / "pausingmodel.py").write_text(PAUSING_MODEL)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "eyecare.bench", "run", "--data", str(tmp_path / "data.jsonl"),
-               "--model-factory", "slowmodel:make", "--output", str(out), "--no-progress", "--no-report",
+               "--model-factory", "pausingmodel:make", "--output", str(out), "--no-progress", "--no-report",
                "--batch-size", "1"]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    predictions = out / "predictions.jsonl"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if predictions.exists() and predictions.read_bytes().count(b"\n") >= 8:
-            break
-        time.sleep(0.005)
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    proc = subprocess.Popen(command, cwd=tmp_path, env=dict(env, PAUSE_FDS=f"{ready_w},{hold_r}"),
+                            pass_fds=(ready_w, hold_r), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(ready_w)
+    os.close(hold_r)
+    # Blocks until the run is inside its 9th question (or has died: then the pipe reads empty).
+    said = os.read(ready_r, 100)
+    os.close(ready_r)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    _, err = proc.communicate()
+    os.close(hold_w)
+    assert said == b"8 answered\n", err
     assert proc.returncode == -signal.SIGKILL
+    predictions = out / "predictions.jsonl"
     done_at_kill = predictions.read_bytes().count(b"\n")
-    assert 8 <= done_at_kill < 40, "the run was not killed mid-way"
+    assert done_at_kill == 8, "every finished record is on disk when the process is killed"
     with open(predictions, "ab") as f:            # as if the kill had landed inside a write
         f.write(b'{"id": "q3')
 
-    finished = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    finished = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     assert f"{done_at_kill} already done, {40 - done_at_kill} predicted now" in finished.stdout
 
     sys.path.insert(0, str(tmp_path))
     try:
-        import slowmodel
+        import pausingmodel
     finally:
         sys.path.remove(str(tmp_path))
-    run(records, slowmodel.make(), tmp_path / "straight.jsonl", model_name="slowmodel:make", progress=False)
+    run(records, pausingmodel.make(), tmp_path / "straight.jsonl", model_name="pausingmodel:make", progress=False)
 
     def essence(path):
         return [(r["id"], r["prompt"], r["prediction"], r["error"], r["model"]) for r in read_predictions(path)]

@@ -294,8 +294,7 @@ def test_bad_inputs_and_freed_weights_raise():
 
 
 def test_views_share_one_pass_and_the_gil_is_released():
-    import threading
-    import time
+    from gil import ran_during
 
     vision = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=2, num_attention_heads=3, image_size=224,
                   patch_size=14)
@@ -307,22 +306,8 @@ def test_views_share_one_pass_and_the_gil_is_released():
     one = tower.info["last_dispatches"]
     # 3 embedding ops, 10 a layer, 4 running-mean adds, 3 concat copies, 3 projector ops
     assert one == 3 + 2 * 10 + 4 + 3 + 3
-    state = {"in_call": False, "done": False}
-
-    def work():
-        state["in_call"] = True
-        tower.encode(pixels, [(1, 2)])
-        state["done"] = True
-
-    worker = threading.Thread(target=work)
-    worker.start()
-    while not state["in_call"]:
-        time.sleep(0.001)
-    time.sleep(0.02)
-    # This runs Python while the worker's pass is on the device: only possible with the GIL released.
-    still_running = not state["done"]
-    worker.join()
-    assert still_running, "the encode call held the GIL"
+    # Another Python thread runs while the three views' pass is on the device: only possible with the GIL released.
+    assert ran_during(lambda: tower.encode(pixels, [(1, 2)])), "the encode call held the GIL"
     assert tower.info["last_dispatches"] == one + 1  # three views, one batch; + the tiles' pooling
     tower.close()
 
