@@ -8,24 +8,25 @@ fraction of that bound, the copy bandwidth measured on the same machine: a host 
 device (lavapipe's device memory is host memory), the core's copy op on the device otherwise.
 Prefill is bound by arithmetic: it is printed in GFLOP/s (2 x weights x tokens, plus attention).
 
-    python benchmarks/llm.py                      # both models
+Weights in int8 / int4 (blocks of 32 with f16 scales, eyecare/quantize.py) are read packed: the bytes per
+token shrink to ~53 % / ~28 % of bf16's for the quantized layers, and the bound moves with them.
+
+    python benchmarks/llm.py                      # both models, bf16
     python benchmarks/llm.py --model phi3 --layers 8 --profile
+    python benchmarks/llm.py --variants bf16,int8,int4
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import eyecare._core as core  # noqa: E402
-from eyecare.config import DecoderConfig  # noqa: E402
-from eyecare.core import device_info, empty, tensor  # noqa: E402
-from eyecare.language import LanguageModel  # noqa: E402
+import eyecare._core as core
+from eyecare import quantize as Q
+from eyecare.config import DecoderConfig
+from eyecare.core import device_info, empty, tensor
+from eyecare.language import LanguageModel
 
 CONFIGS = {
     # Phi-3.5-mini-instruct's config.json (factors shortened to the right length: values do not matter here).
@@ -55,7 +56,16 @@ def random_bf16(shape, rng):
     return np.resize(_BLOCK, int(np.prod(shape))).reshape(shape)
 
 
-def build(kind: str, layers: int, max_context: int, rng) -> LanguageModel:
+def random_quantized(shape, method: str, rng):
+    """A quantized weight with random integers and scales of the bf16 values' magnitude (the values do not
+    matter for speed; quantizing gigabytes of random floats would take long)."""
+    n, k = shape
+    packed = rng.integers(0, 256, Q.packed_shape(method, n, k), dtype=np.uint8)
+    scales = np.full(Q.scales_shape(n, k), 2.0 ** -13 if method == "int8" else 2.0 ** -9, np.float16)
+    return Q.to_device(packed, scales, method, k)
+
+
+def build(kind: str, layers: int, max_context: int, rng, variant: str = "bf16") -> LanguageModel:
     raw = dict(CONFIGS[kind], num_hidden_layers=layers)
     cfg = DecoderConfig.from_dict(raw)
     D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
@@ -64,16 +74,19 @@ def build(kind: str, layers: int, max_context: int, rng) -> LanguageModel:
     w = {"model.embed_tokens.weight": tensor(random_bf16((V, D), rng), "bfloat16"),
          "model.norm.weight": tensor(one, "bfloat16"),
          "lm_head.weight": tensor(random_bf16((V, D), rng), "bfloat16")}
+    def linear(shape):
+        return tensor(random_bf16(shape, rng), "bfloat16") if variant == "bf16" else random_quantized(shape, variant, rng)
+
     for i in range(layers):
         p = f"model.layers.{i}."
         w[p + "input_layernorm.weight"] = tensor(one, "bfloat16")
         w[p + "post_attention_layernorm.weight"] = tensor(one, "bfloat16")
-        w[p + "self_attn.qkv_proj.weight"] = tensor(random_bf16((qkv, D), rng), "bfloat16")
+        w[p + "self_attn.qkv_proj.weight"] = linear((qkv, D))
         if cfg.qkv_bias:
             w[p + "self_attn.qkv_proj.bias"] = tensor(random_bf16((qkv,), rng), "bfloat16")
-        w[p + "self_attn.o_proj.weight"] = tensor(random_bf16((D, cfg.num_attention_heads * cfg.head_dim), rng), "bfloat16")
-        w[p + "mlp.gate_up_proj.weight"] = tensor(random_bf16((2 * F, D), rng), "bfloat16")
-        w[p + "mlp.down_proj.weight"] = tensor(random_bf16((D, F), rng), "bfloat16")
+        w[p + "self_attn.o_proj.weight"] = linear((D, cfg.num_attention_heads * cfg.head_dim))
+        w[p + "mlp.gate_up_proj.weight"] = linear((2 * F, D))
+        w[p + "mlp.down_proj.weight"] = linear((D, F))
     return LanguageModel(cfg, w, max_context=max_context)
 
 
@@ -142,15 +155,15 @@ def profile(lm: LanguageModel, rng):
     timed("silu_mul", 0, lambda: core.op_silu_mul(gu, None, act))
 
 
-def run(kind: str, layers: int, prompt: int, new: int, bandwidth: float, do_profile: bool):
+def run(kind: str, layers: int, prompt: int, new: int, bandwidth: float, do_profile: bool, variant: str = "bf16"):
     rng = np.random.default_rng(0)
     t = time.perf_counter()
-    lm = build(kind, layers, prompt + new, rng)
+    lm = build(kind, layers, prompt + new, rng, variant)
     cfg = lm.config
     load_s = time.perf_counter() - t
     ids = rng.integers(0, cfg.vocab_size, prompt)
     per_token = lm._decoder.weight_bytes
-    print(f"{NAMES[kind]} widths, {layers} of {CONFIGS[kind]['num_hidden_layers']} layers, bf16 "
+    print(f"{NAMES[kind]} widths, {layers} of {CONFIGS[kind]['num_hidden_layers']} layers, {variant} linear layers "
           f"(hidden {cfg.hidden_size}, MLP {cfg.intermediate_size}, heads {cfg.num_attention_heads}/{cfg.num_key_value_heads}, "
           f"vocab {cfg.vocab_size}); {per_token / 1e9:.2f} GB of weights read per decode token; built in {load_s:.1f} s")
 
@@ -180,13 +193,19 @@ def main(argv=None):
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--profile", action="store_true", help="also time the decode step's ops one by one")
+    ap.add_argument("--variants", default="bf16", help="comma-separated weight variants: bf16, int8, int4")
     args = ap.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in ("bf16", "int8", "int4"):
+            ap.error(f"unknown variant {v!r}: bf16, int8 or int4")
     info = device_info()
     bw, how = copy_bandwidth()
     print(f"device: {info['name']} ({info['type']}); copy bandwidth {bw:.1f} GB/s ({how}, read + write)")
     for kind in (["phi3", "qwen2"] if args.model == "both" else [args.model]):
         layers = args.layers or (4 if kind == "phi3" else 2)
-        run(kind, layers, args.prompt, args.new, bw, args.profile)
+        for variant in variants:
+            run(kind, layers, args.prompt, args.new, bw, args.profile, variant)
 
 
 if __name__ == "__main__":

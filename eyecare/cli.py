@@ -70,10 +70,11 @@ def cmd_info(args) -> int:
               f"{', lm_head' if stored.lm_head else ''}{', vision linear layers' if stored.vision else ''}")
     print("  weights on the device by variant (what from_pretrained(quantize=...) loads; + the KV cache above):")
     for label, quant in VARIANTS.items():
-        if stored is not None and (quant is None or quant.method != stored.method or (stored.vision and not quant.vision)):
+        if stored is not None and (quant is None or quant.method != stored.method or (stored.vision and not quant.vision)
+                                   or (stored.lm_head and not quant.lm_head)):
             continue  # not loadable from this checkpoint
         parts = model_weight_bytes(config, quant)
-        print(f"    {label:<12} {_size(sum(parts.values()))}  (vision {_size(parts['vision'])}, "
+        print(f"    {label:<20} {_size(sum(parts.values()))}  (vision {_size(parts['vision'])}, "
               f"connector {_size(parts['connector'])}, LLM {_size(parts['language'])})")
     return 0
 
