@@ -44,7 +44,7 @@ system-deps:
 # torch==2.13.0 first: that pin takes the CPU build (a looser one would pull a multi-GB CUDA build).
 python-deps:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[bench,test]"
+	$(PIP) install -q -e ".[bench,data,test]"
 
 build:
 	$(PYTHON) setup.py build_ext --inplace

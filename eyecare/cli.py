@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import register as register_bench
 
     register_bench(sub)
+    from .data.cli import register as register_data
+
+    register_data(sub)
     return parser
 
 
