@@ -107,7 +107,7 @@ def compare(got: np.ndarray, want: np.ndarray, top1: bool = True) -> str:
 # ------------------------------------------------------------------------------------------------
 # Language models
 
-def llm_accuracy(kind: str, layers: int, positions: int, seed: int = 0):
+def llm_accuracy(kind: str, layers: int, positions: int, lm_head: bool, seed: int = 0):
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -128,7 +128,7 @@ def llm_accuracy(kind: str, layers: int, positions: int, seed: int = 0):
         # From here on the model holds the bf16 weights every variant starts from.
         for p in model.parameters():
             p.copy_(p.to(torch.bfloat16).float())
-        linears = {n: p.detach().clone() for n, p in model.named_parameters() if is_linear(n)}
+        linears = {n: p.detach().clone() for n, p in model.named_parameters() if is_linear(n) or n == "lm_head.weight"}
     name = "Phi-3.5-mini" if kind == "phi3" else "Qwen2.5-7B"
     print(f"{name} widths, {layers} layer(s), vocab {cfg['vocab_size']}: logits of {positions} positions vs float32 "
           f"transformers (built in {time.perf_counter() - t:.0f} s)")
@@ -138,16 +138,19 @@ def llm_accuracy(kind: str, layers: int, positions: int, seed: int = 0):
         del tensors
         with open(os.path.join(d, "config.json"), "w") as f:
             json.dump(cfg, f)
-        for variant in ("bf16",) + METHODS:
-            lm = LanguageModel.from_pretrained(d, max_context=positions, quantize=None if variant == "bf16" else variant)
+        variants = ("bf16",) + METHODS + (tuple(m + "+lm_head" for m in METHODS) if lm_head else ())
+        for variant in variants:
+            method, with_head = variant.split("+")[0], variant.endswith("+lm_head")
+            lm = LanguageModel.from_pretrained(d, max_context=positions, quantize=None if variant == "bf16" else method,
+                                               quantize_lm_head=with_head)
             got = lm.forward(input_ids=ids.numpy())
             lm.close()
-            line = f"  eyecare {variant:<5} {compare(got, truth)}"
+            line = f"  eyecare {variant:<13} {compare(got, truth)}"
             if variant != "bf16":
                 with torch.no_grad():
                     for n, p in model.named_parameters():
-                        if n in linears:
-                            p.copy_(reference_blocks(linears[n], variant))
+                        if n in linears and (with_head or n != "lm_head.weight"):
+                            p.copy_(reference_blocks(linears[n], method))
                     ref = model(ids[None]).logits[0].numpy()
                     for n, p in model.named_parameters():
                         if n in linears:
@@ -201,7 +204,7 @@ def vision_accuracy(layers: int, seed: int = 0):
         tower = VisionTower(config, weights, max_views=1)
         got = tower.hidden_states(pixels)[-1]
         tower.close()
-        line = f"  eyecare {variant:<5} {compare(got, truth, top1=False)}"
+        line = f"  eyecare {variant:<13} {compare(got, truth, top1=False)}"
         if variant != "bf16":
             with torch.no_grad():
                 for n, p in model.named_parameters():
@@ -242,13 +245,14 @@ def main(argv=None):
     ap.add_argument("--phi3-layers", type=int, default=2)
     ap.add_argument("--qwen2-layers", type=int, default=1)
     ap.add_argument("--vision-layers", type=int, default=2)
+    ap.add_argument("--lm-head", action="store_true", help="also the variants with the lm_head quantized")
     args = ap.parse_args(argv)
     if args.part in ("all", "memory"):
         memory_table()
     if args.part in ("all", "phi3"):
-        llm_accuracy("phi3", args.phi3_layers, args.positions)
+        llm_accuracy("phi3", args.phi3_layers, args.positions, args.lm_head)
     if args.part in ("all", "qwen2"):
-        llm_accuracy("qwen2", args.qwen2_layers, args.positions)
+        llm_accuracy("qwen2", args.qwen2_layers, args.positions, args.lm_head)
     if args.part in ("all", "vision"):
         vision_accuracy(args.vision_layers)
 

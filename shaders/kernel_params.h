@@ -40,13 +40,14 @@ struct ec_matmul_push {
 #define EC_MATVEC_SPEC(X) X(2, BTYPE, 0) X(3, ROWS, 16) X(4, NM, 1)  /* bias dtype; W rows per workgroup; x vectors (M, at most 8) */
 
 /* ---- matvec_q (decode) and matmul_q (GEMM): the same product with an int8/int4 block-quantized W ----
- * W's packed integers and its f16 scales come through two texel views that start at row n_first of W
- * (s_off: the element offset of row n_first's first scale in its view, which starts on a texel). Row n of
- * this dispatch is row n_first + n of W, of the bias, and column n_first + n of y. */
+ * A dispatch covers rows n_first .. n_first + N - 1 of W (all of them unless W is past the texel reach and
+ * is read in pieces): its row n is row n_first + n of W, of the bias, and column n_first + n of y. W's packed
+ * integers and its f16 scales come through two texel views; w_off (texels) and s_off (scales) say where
+ * row n_first starts in them. */
 struct ec_matmul_q_push {
     EC_UINT M, N, K;
     EC_UINT x_off, y_off, y_stride;  /* y element (m, n) = y_off + m * y_stride + n_first + n */
-    EC_UINT n_first, s_off;
+    EC_UINT n_first, w_off, s_off;
     EC_UINT has_bias, accumulate, aligned;  /* aligned: K is a whole number of blocks */
 };
 #define EC_MATMUL_Q_SPEC(X) X(2, BTYPE, 0) X(3, TM, 8) X(4, TN, 8)      /* bias dtype; rows x columns per invocation */

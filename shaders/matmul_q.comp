@@ -39,7 +39,7 @@ void main()
         uvec4 q[TN][2];
         float scale[TN];
         for (uint j = 0; j < TN; j++) {
-            q_fetch_block(W, cols[j], b, blocks, q[j]);
+            q_fetch_block(W, p.w_off, cols[j], b, blocks, q[j]);
             scale[j] = q_scale(S, p.s_off + cols[j] * blocks + b);
         }
         for (uint g = 0; g < 4; g++) {

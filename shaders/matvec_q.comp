@@ -53,7 +53,7 @@ void main()
         for (uint r = 0; r < ROWS; r++) {
             uint n = min(n0 + r, p.N - 1u);
             uvec4 q[2];
-            q_fetch_block(W, n, b, blocks, q);
+            q_fetch_block(W, p.w_off, n, b, blocks, q);
             float scale = q_scale(S, p.s_off + n * blocks + b);
             float dots[NM];
             for (uint m = 0; m < NM; m++) dots[m] = 0.0;

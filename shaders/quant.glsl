@@ -10,10 +10,11 @@ const uint QBLOCK = 32u;
 uint q_blocks(uint k) { return (k + QBLOCK - 1u) / QBLOCK; }
 uint q_texels_per_block() { return WTYPE == W_Q8 ? 2u : 1u; }
 
-// The texels of block b of row n (blocks_per_row blocks a row); q[1] is unused for int4.
-void q_fetch_block(utextureBuffer w, uint n, uint b, uint blocks_per_row, out uvec4 q[2])
+// The texels of block b of row n (blocks_per_row blocks a row, the first row at texel first); q[1] is
+// unused for int4.
+void q_fetch_block(utextureBuffer w, uint first, uint n, uint b, uint blocks_per_row, out uvec4 q[2])
 {
-    uint t = (n * blocks_per_row + b) * q_texels_per_block();
+    uint t = first + (n * blocks_per_row + b) * q_texels_per_block();
     q[0] = texelFetch(w, int(t));
     q[1] = WTYPE == W_Q8 ? texelFetch(w, int(t + 1u)) : uvec4(0u);
 }

@@ -190,7 +190,7 @@ def test_quantized_weights_are_refused_where_no_kernel_reads_them():
 # Models: a quantized decoder against transformers holding the same (dequantized) weights
 
 
-def _dequantized_reference(model, method):
+def _dequantized_reference(model, method, lm_head=False):
     """transformers' model in f32 holding bf16-rounded weights (as the bf16 checkpoint stores them), with
     every linear layer eyecare quantizes replaced by the values of its blocks (the quantizer is checked
     against the formats' definition above; here the loading, fusing and kernels are under test)."""
@@ -198,7 +198,7 @@ def _dequantized_reference(model, method):
     from tiny_llm import reference_with_dtype
 
     ref = reference_with_dtype(model, torch.bfloat16)
-    quant = Q.Quantization(method)
+    quant = Q.Quantization(method, lm_head=lm_head)
     with torch.no_grad():
         for name, p in ref.named_parameters():
             if p.ndim == 2 and quant.applies(name):
@@ -230,6 +230,22 @@ def test_quantized_decoder_matches_transformers_with_the_same_weights(tmp_path, 
         check_prefill_and_decode(lm, _dequantized_reference(model, method), prompt_len=40, steps=6)
     finally:
         lm.close()
+
+
+def test_quantized_lm_head(tmp_path):
+    import torch
+    from test_decoder import check_prefill_and_decode
+    from tiny_llm import qwen2_model, save_checkpoint
+
+    from eyecare import LanguageModel
+
+    model = qwen2_model(seed=4)
+    save_checkpoint(model, str(tmp_path), dtype=torch.bfloat16)
+    with LanguageModel.from_pretrained(tmp_path, quantize="int8", quantize_lm_head=True) as lm:
+        assert lm._weights["lm_head.weight"].dtype == "int8" and lm._weights["model.embed_tokens.weight"].dtype == "bfloat16"
+        check_prefill_and_decode(lm, _dequantized_reference(model, "int8", lm_head=True), prompt_len=12, steps=3)
+    with pytest.raises(ValueError, match="need quantize="):
+        LanguageModel.from_pretrained(tmp_path, quantize_lm_head=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,3 +421,29 @@ def test_truncated_quantized_file_and_bad_quantization_config(quantized_tiny, tm
         other_block()
     with pytest.raises(ValueError, match="quantized to int4; it cannot be loaded as int8"):
         EyecareGPT.from_pretrained(int4, progress=False, quantize="int8")
+
+
+def test_cli_convert_quantize_and_info(quantized_tiny, tmp_path, capsys):
+    import json
+
+    from eyecare.cli import main
+
+    bf16, _ = quantized_tiny
+    assert main(["convert", str(tmp_path / "q8"), "--checkpoint", str(bf16), "--quantize", "int8"]) == 0
+    config = json.loads((tmp_path / "q8" / "config.json").read_text())
+    assert config["quantization"] == {"method": "int8", "block_size": 32, "vision": False, "lm_head": False}
+    from eyecare.safetensors import open_safetensors
+
+    with open_safetensors(tmp_path / "q8") as ckpt:
+        assert ckpt.metadata()["quantization"] == "int8"
+        assert ckpt.info("language_model.model.layers.0.mlp.down_proj.qweight")[0] == "U8"
+        assert "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight" in ckpt   # vision stays bf16
+        assert "language_model.lm_head.weight" in ckpt
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "q8")]) == 0
+    out = capsys.readouterr().out
+    assert "quantized int8" in out and "int8+vision" in out and "int4 " not in out and "bf16 " not in out
+    assert main(["convert", str(tmp_path / "x"), "--checkpoint", str(bf16), "--quantize-vision"]) == 1
+    assert "need --quantize" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "y"), "--checkpoint", str(tmp_path / "q8"), "--quantize", "int4"]) == 1
+    assert "already quantized" in capsys.readouterr().err
