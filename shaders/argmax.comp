@@ -16,14 +16,16 @@ void main()
     uint lane = gl_LocalInvocationID.x, width = gl_WorkGroupSize.x;
     for (uint row = gl_WorkGroupID.x; row < p.rows; row += gl_NumWorkGroups.x) {
         uint base = p.x_off + row * p.cols;
-        float best = -3.402823466e38;
+        // Lanes without a column hold -inf and no index: a row of -inf values (all masked) still yields its
+        // first index, as torch.argmax does, never the empty lanes' placeholder.
+        float best = -1.0 / 0.0;
         uint best_i = 0xffffffffu;
         for (uint c = lane; c < p.cols; c += width) {
             float v = x[base + c];
             if (v > best || best_i == 0xffffffffu) { best = v; best_i = c; }
         }
         float m = workgroup_max(best);
-        uint cand = best == m ? best_i : 0xffffffffu;
+        uint cand = best == m && best_i != 0xffffffffu ? best_i : 0xffffffffu;
         uint idx = subgroupMin(cand);
         if (gl_NumSubgroups > 1) {
             barrier();

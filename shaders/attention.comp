@@ -28,7 +28,7 @@ vec4 fetch4(utextureBuffer buf, uint e) { return uintBitsToFloat(texelFetch(buf,
 
 void main()
 {
-    uint t = gl_GlobalInvocationID.x, h = gl_WorkGroupID.y, b = gl_WorkGroupID.z;
+    uint t = gl_GlobalInvocationID.x, h = gl_WorkGroupID.y, b = p.b0 + gl_WorkGroupID.z;
     bool in_range = t < p.T;
     uint tq = min(t, p.T - 1);
     uint hk = h / (p.Hq / p.Hkv);
@@ -39,7 +39,7 @@ void main()
     int wg_last = p.causal != 0 ? len - int(p.T) + int(wg_last_t) : len - 1;
 
     uint qb = p.q_off + b * p.q_seq + tq * p.q_row + h * D;
-    uint kv_head = b * p.kv_seq + hk * D;
+    uint kv_head = (b - p.b0) * p.kv_seq + hk * D;  // the K/V views start at sequence b0
     float m = -3.402823466e38, l = 0.0;
     float o_out[D];
 

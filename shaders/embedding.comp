@@ -16,7 +16,9 @@ void main()
     uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
     for (uint i = gl_GlobalInvocationID.x; i < n; i += stride) {
         uint t = i / p.dim, c = i % p.dim;
-        uint id = uint(clamp(ids[t], 0, int(p.vocab) - 1));  // ids are checked on the host; never read out of bounds
-        o[p.o_off + i] = fetch_elem(Table, id * p.dim + c);
+        // ids are checked on the host; those outside this dispatch's piece of the table are another's
+        int id = ids[t] - int(p.id0);
+        if (id < 0 || id >= int(p.vocab)) continue;
+        o[p.o_off + i] = fetch_elem(Table, p.t_off + uint(id) * p.dim + c);
     }
 }

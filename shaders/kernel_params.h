@@ -32,9 +32,11 @@
 
 /* ---- matmul (GEMM) and matvec (decode): y[M,N] = x[M,K] W[N,K]^T (+ bias) (+ y) ---- */
 struct ec_matmul_push {
-    EC_UINT M, N, K;
+    EC_UINT M, N, K;       /* N: rows of W in this dispatch (a piece of W past the texel reach, else all) */
     EC_UINT x_off, y_off;  /* element offsets of the bound ranges (row chunks of huge tensors) */
     EC_UINT has_bias, accumulate, aligned;  /* aligned: K is a whole number of texels */
+    EC_UINT w_off;         /* element of the bound W view where this dispatch's row 0 starts */
+    EC_UINT n0, y_stride;  /* W row n is output column n0 + n; y rows are y_stride floats apart */
 };
 #define EC_MATMUL_SPEC(X) X(2, BTYPE, 0) X(3, TM, 4) X(4, TN, 4)  /* bias dtype; rows x columns per invocation */
 #define EC_MATVEC_SPEC(X) X(2, BTYPE, 0) X(3, ROWS, 16) X(4, NM, 1)  /* bias dtype; W rows per workgroup; x vectors (M, at most 8) */
@@ -92,8 +94,10 @@ struct ec_rope_push {
 /* ---- attention: online-softmax SDPA with grouped-query heads ---- */
 struct ec_attention_push {
     EC_UINT T, Hq, Hkv, causal;
+    EC_UINT b0;                           /* first sequence of this dispatch: b = b0 + workgroup z; the K/V
+                                             views start at sequence b0 (k/v elements below use b - b0) */
     EC_UINT q_off, q_row, q_seq;          /* q element (b,t,h,d) = q_off + b*q_seq + t*q_row + h*D + d */
-    EC_UINT k_off, v_off, kv_row, kv_seq; /* k/v element (b,s,h,d) = k_off + b*kv_seq + s*kv_row + h*D + d */
+    EC_UINT k_off, v_off, kv_row, kv_seq; /* k/v element (b,s,h,d) = k_off + (b-b0)*kv_seq + s*kv_row + h*D + d */
     EC_UINT o_off, o_row, o_seq;
     float scale;
 };
@@ -102,6 +106,8 @@ struct ec_attention_push {
 /* ---- embedding: o[t, :] = table[ids[t], :] ---- */
 struct ec_embedding_push {
     EC_UINT n_ids, dim, vocab, o_off;
+    EC_UINT id0, t_off;    /* this dispatch writes the ids in [id0, id0 + vocab), whose row id0 starts at
+                              element t_off of the bound table view (a piece past the texel reach) */
 };
 #define EC_EMBEDDING_SPEC(X)
 

@@ -27,6 +27,7 @@ void main()
     for (uint i = 0; i < TM; i++) rows[i] = p.x_off + min(m0 + i, p.M - 1) * p.K;
     uint cols[TN];
     for (uint j = 0; j < TN; j++) cols[j] = min(n0 + j, p.N - 1);
+    uint w_texel = p.w_off / per_texel();  // whole texels when aligned (the C side starts pieces on texels)
 
     if (p.aligned != 0 && gl_SubgroupSize >= per_texel() && gl_NumSubgroups == 1) {
         // K is a multiple of the elements per texel: whole texels, no per-element indexing. Each lane
@@ -38,7 +39,7 @@ void main()
         uint lane_k = gl_SubgroupInvocationID % step;
         for (uint t = 0; t < texels_per_row; t++) {
             vec4 wlo[TN], whi[TN];
-            for (uint j = 0; j < TN; j++) unpack_texel(texelFetch(W, int(cols[j] * texels_per_row + t)), wlo[j], whi[j]);
+            for (uint j = 0; j < TN; j++) unpack_texel(texelFetch(W, int(w_texel + cols[j] * texels_per_row + t)), wlo[j], whi[j]);
             uint k = t * step + lane_k;
             for (uint i = 0; i < TM; i++) {
                 float xl = x[rows[i] + k];
@@ -59,7 +60,7 @@ void main()
         uint texels_per_row = p.K / step;
         for (uint t = 0; t < texels_per_row; t++) {
             vec4 wlo[TN], whi[TN];
-            for (uint j = 0; j < TN; j++) unpack_texel(texelFetch(W, int(cols[j] * texels_per_row + t)), wlo[j], whi[j]);
+            for (uint j = 0; j < TN; j++) unpack_texel(texelFetch(W, int(w_texel + cols[j] * texels_per_row + t)), wlo[j], whi[j]);
             uint k = t * step;
             for (uint i = 0; i < TM; i++) {
                 uint r = rows[i] + k;
@@ -75,7 +76,7 @@ void main()
     } else {
         for (uint k = 0; k < p.K; k++) {
             float w[TN];
-            for (uint j = 0; j < TN; j++) w[j] = fetch_elem(W, cols[j] * p.K + k);
+            for (uint j = 0; j < TN; j++) w[j] = fetch_elem(W, p.w_off + cols[j] * p.K + k);
             for (uint i = 0; i < TM; i++) {
                 float xv = x[rows[i] + k];
                 for (uint j = 0; j < TN; j++) acc[i][j] += xv * w[j];
@@ -86,11 +87,11 @@ void main()
     for (uint j = 0; j < TN; j++) {
         uint n = n0 + j;
         if (n >= p.N) break;
-        float bias = p.has_bias != 0 ? fetch_elem_as(B, n, BTYPE) : 0.0;
+        float bias = p.has_bias != 0 ? fetch_elem_as(B, p.n0 + n, BTYPE) : 0.0;
         for (uint i = 0; i < TM; i++) {
             uint m = m0 + i;
             if (m >= p.M) break;
-            uint o = p.y_off + m * p.N + n;
+            uint o = p.y_off + m * p.y_stride + p.n0 + n;
             float v = acc[i][j] + bias;
             y[o] = p.accumulate != 0 ? y[o] + v : v;
         }

@@ -38,7 +38,7 @@ void main()
             for (uint r = 0; r < ROWS; r++) {
                 uint n = min(n0 + r, p.N - 1);
                 vec4 wlo, whi;
-                unpack_texel(texelFetch(W, int(n * texels + t)), wlo, whi);
+                unpack_texel(texelFetch(W, int(p.w_off / step + n * texels + t)), wlo, whi);
                 for (uint m = 0; m < NM; m++) acc[r][m] += dot(xlo[m], wlo) + dot(xhi[m], whi);
             }
         }
@@ -47,7 +47,7 @@ void main()
             float xv[NM];
             for (uint m = 0; m < NM; m++) xv[m] = fetch_f32(X, p.x_off + m * p.K + k);
             for (uint r = 0; r < ROWS; r++) {
-                float w = fetch_elem(W, min(n0 + r, p.N - 1) * p.K + k);
+                float w = fetch_elem(W, p.w_off + min(n0 + r, p.N - 1) * p.K + k);
                 for (uint m = 0; m < NM; m++) acc[r][m] += w * xv[m];
             }
         }
@@ -56,11 +56,11 @@ void main()
     for (uint r = 0; r < ROWS; r++) {
         uint n = n0 + r;
         if (n >= p.N) break;
-        float bias = p.has_bias != 0 ? fetch_elem_as(B, n, BTYPE) : 0.0;
+        float bias = p.has_bias != 0 ? fetch_elem_as(B, p.n0 + n, BTYPE) : 0.0;
         for (uint m = 0; m < NM; m++) {
             float s = workgroup_sum(acc[r][m]);
             if (lane == 0) {
-                uint o = p.y_off + m * p.N + n;
+                uint o = p.y_off + m * p.y_stride + p.n0 + n;
                 y[o] = p.accumulate != 0 ? y[o] + s + bias : s + bias;
             }
         }

@@ -56,7 +56,7 @@ struct ec_decoder {
 
 /* The first `rows` rows of a scratch tensor, as a tensor of its own: ops take their row count from
  * the tensor's shape, and a step uses fewer rows than the scratch holds. It shares the memory and the
- * texel view (made when the scratch was created), so it is never destroyed. */
+ * texel views (owned by the scratch), so it is never destroyed. */
 static ec_tensor rows_view(const ec_tensor *t, int64_t rows)
 {
     ec_tensor v = *t;
@@ -71,9 +71,7 @@ static ec_status scratch(ec_context *ctx, ec_dtype dtype, int64_t rows, int64_t 
 {
     int64_t shape[2] = {rows, cols};
     EC_TRY(ec_tensor_create(ctx, dtype, cols ? 2 : 1, shape, out));
-    ec_binding unused;
-    /* Create the texel view now, so that views of this tensor share it (see rows_view). */
-    if (dtype == EC_F32) EC_TRY(ec_bind_texel(*out, &unused));
+    /* Texel views made through a rows_view copy go to the list this tensor owns (tensor.h). */
     return EC_OK;
 }
 
@@ -301,12 +299,14 @@ ec_status ec_decoder_create(ec_context *ctx, const ec_decoder_config *cfg, const
     }
     if ((s = bind_weights(d, weights, n_weights))) goto fail;
 
-    /* The cache of one layer is read through a texel view, whose reach is the limit on its size. */
+    /* The cache of one layer is read through texel views; attention splits it between views by sequence, so
+     * the reach limits one sequence's cache. */
     uint64_t kv_bytes = (uint64_t)max_batch * (uint64_t)capacity * (uint64_t)(2 * d->kv_dim) * 4;
-    uint64_t reach = (uint64_t)ctx->limits.maxTexelBufferElements * 16;
-    if (kv_bytes > reach || kv_bytes / 4 > UINT32_MAX) {
-        s = ec_fail(EC_ERR_LIMIT, "the KV cache of one layer would take %.0f MiB for %d sequence(s) of %lld tokens, over the "
-                    "device's %.0f MiB reach; lower max_context or max_batch", kv_bytes / 1048576.0, max_batch,
+    uint64_t seq_bytes = (uint64_t)capacity * (uint64_t)(2 * d->kv_dim) * 4;
+    uint64_t reach = ec_texel_reach(ctx) - 512;
+    if (seq_bytes > reach || kv_bytes / 4 > UINT32_MAX) {
+        s = ec_fail(EC_ERR_LIMIT, "the KV cache of one layer would take %.0f MiB for each of %d sequence(s) of %lld tokens, over "
+                    "the device's %.0f MiB reach; lower max_context or max_batch", seq_bytes / 1048576.0, max_batch,
                     (long long)capacity, reach / 1048576.0);
         goto fail;
     }

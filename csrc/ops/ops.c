@@ -54,10 +54,10 @@ DISPATCHER(pool2d, pool2d) DISPATCHER(argmax, argmax) DISPATCHER(patchify, patch
  * Device-dependent shapes of the work: lavapipe runs each workgroup as a loop on a CPU core, so it
  * wants few, narrow (one 8-lane subgroup) workgroups; GPUs want many. */
 
-static int is_cpu(ec_context *ctx) { return strcmp(ctx->info.type, "cpu") == 0; }
-static uint32_t reduce_width(ec_context *ctx) { return is_cpu(ctx) ? ctx->info.subgroup_size : 256; }
-static uint32_t pointwise_width(ec_context *ctx) { return is_cpu(ctx) ? 64 : 256; }
-static uint32_t grid_limit(ec_context *ctx) { return is_cpu(ctx) ? 64 : 65535; }
+static int is_cpu(ec_context *ctx) { return ec_cpu_shapes(ctx); }
+static uint32_t reduce_width(ec_context *ctx) { return ec_reduce_width(ctx); }
+static uint32_t pointwise_width(ec_context *ctx) { return ec_pointwise_width(ctx); }
+static uint32_t grid_limit(ec_context *ctx) { return ec_grid_limit(ctx); }
 
 static uint32_t groups_for(ec_context *ctx, uint64_t items, uint32_t per_group)
 {
@@ -144,26 +144,38 @@ ec_cols ec_whole(ec_tensor *t)
 #define MATVEC_ROWS_PER_GROUP 16
 
 /* The same product with W block-quantized (int8/int4): matvec_q for a few rows of x, matmul_q for many.
- * Both read W's packed integers and scales where they lie and dequantize in registers. */
+ * Both read W's packed integers and scales where they lie and dequantize in registers. A weight past the
+ * device's texel reach is read in pieces of whole rows (ec_bind_quantized), each writing its columns of y. */
 static ec_status matmul_quantized(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate,
                                   int64_t M, int64_t N, int64_t K)
 {
     ec_binding bind[5];
-    EC_TRY(ec_bind_texel(w, &bind[1]));
-    EC_TRY(ec_bind_scales(w, &bind[2]));
-    EC_TRY(ec_bind_texel(bias ? bias : w, &bind[3])); /* unread without a bias, but every binding needs a view */
-    struct ec_matmul_q_push pc = {.N = (uint32_t)N, .K = (uint32_t)K, .y_stride = (uint32_t)N, .has_bias = bias != NULL,
+    if (bias) EC_TRY(ec_bind_texel(bias, &bind[3])); /* without a bias, binding 3 gets W's view (unread) */
+    struct ec_matmul_q_push pc = {.K = (uint32_t)K, .y_stride = (uint32_t)N, .has_bias = bias != NULL,
                                   .accumulate = accumulate != 0, .aligned = K % EC_QBLOCK == 0};
     uint32_t btype = bias ? wtype(bias) : 0;
+    uint64_t piece = ec_quantized_rows_per_view(w);
+    if (piece == 0) return ec_fail(EC_ERR_ARG, "matmul: one row of a quantized weight exceeds the device's texel-buffer reach");
+    if (piece > (uint64_t)N) piece = (uint64_t)N;
     ec_pipeline *p;
 
     if (M <= MATVEC_MAX_ROWS && rows_per_binding(ctx, N) >= (uint64_t)M) {
         EC_TRY(PIPELINE(matvec_q, &p, .width = ctx->info.subgroup_size, .wtype = wtype(w), .BTYPE = btype,
                         .ROWS = MATVEC_ROWS_PER_GROUP, .NM = (uint32_t)M));
-        EC_TRY(ec_bind_texel(x, &bind[0]));
+        uint64_t x_skip;
+        EC_TRY(ec_bind_texel_range(x, 0, (uint64_t)M * K * 4, &bind[0], &x_skip));
+        pc.x_off = (uint32_t)(x_skip / 4);
         EC_TRY(bind_span(y, 0, (uint64_t)M * N, &bind[4], &pc.y_off));
         pc.M = (uint32_t)M;
-        return dispatch_matvec_q(ctx, p, bind, &pc, (uint32_t)((N + MATVEC_ROWS_PER_GROUP - 1) / MATVEC_ROWS_PER_GROUP), 1, 1);
+        for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += piece) {
+            uint64_t rows = (uint64_t)N - n0 < piece ? (uint64_t)N - n0 : piece;
+            EC_TRY(ec_bind_quantized(w, (int64_t)n0, (int64_t)rows, &bind[1], &bind[2], &pc.w_off, &pc.s_off));
+            if (!bias) bind[3] = bind[1];
+            pc.N = (uint32_t)rows;
+            pc.n_first = (uint32_t)n0;
+            EC_TRY(dispatch_matvec_q(ctx, p, bind, &pc, (uint32_t)((rows + MATVEC_ROWS_PER_GROUP - 1) / MATVEC_ROWS_PER_GROUP), 1, 1));
+        }
+        return EC_OK;
     }
 
     const uint32_t TM = 8, TN = 8;
@@ -178,8 +190,15 @@ static ec_status matmul_quantized(ec_context *ctx, ec_tensor *x, ec_tensor *w, e
         EC_TRY(bind_span(x, (uint64_t)r0 * K, (uint64_t)rows * K, &bind[0], &pc.x_off));
         EC_TRY(bind_span(y, (uint64_t)r0 * N, (uint64_t)rows * N, &bind[4], &pc.y_off));
         pc.M = (uint32_t)rows;
-        uint32_t gx = (uint32_t)((N + width * TN - 1) / (width * TN)), gy = (uint32_t)((rows + TM - 1) / TM);
-        EC_TRY(dispatch_matmul_q(ctx, p, bind, &pc, gx, gy, 1));
+        for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += piece) {
+            uint64_t cols = (uint64_t)N - n0 < piece ? (uint64_t)N - n0 : piece;
+            EC_TRY(ec_bind_quantized(w, (int64_t)n0, (int64_t)cols, &bind[1], &bind[2], &pc.w_off, &pc.s_off));
+            if (!bias) bind[3] = bind[1];
+            pc.N = (uint32_t)cols;
+            pc.n_first = (uint32_t)n0;
+            uint32_t gx = (uint32_t)((cols + width * TN - 1) / (width * TN)), gy = (uint32_t)((rows + TM - 1) / TM);
+            EC_TRY(dispatch_matmul_q(ctx, p, bind, &pc, gx, gy, 1));
+        }
     }
     return EC_OK;
 }
@@ -205,11 +224,21 @@ ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *b
         return ec_fail(EC_ERR_ARG, "matmul: operands of more than 2^32 elements");
     if (ec_dtype_quantized(w->dtype)) return matmul_quantized(ctx, x, w, bias, y, accumulate, M, N, K);
     ec_binding bind[4];
-    EC_TRY(ec_bind_texel(w, &bind[1]));
-    EC_TRY(ec_bind_texel(bias ? bias : w, &bind[2]));
+    if (bias) EC_TRY(ec_bind_texel(bias, &bind[2])); /* without a bias, binding 2 gets W's view (unread) */
     uint32_t per_texel = w->dtype == EC_F32 ? 4 : 8;
-    struct ec_matmul_push pc = {.N = (uint32_t)N, .K = (uint32_t)K, .has_bias = bias != NULL,
-                                .accumulate = accumulate != 0, .aligned = K % per_texel == 0};
+    struct ec_matmul_push pc = {.K = (uint32_t)K, .has_bias = bias != NULL, .accumulate = accumulate != 0,
+                                .aligned = K % per_texel == 0, .y_stride = (uint32_t)N};
+    /* A weight past the device's texel reach (maxTexelBufferElements) is read in pieces of whole rows, each
+     * through its own view; each piece writes its columns of y. */
+    uint64_t pieces_rows = (uint64_t)N;
+    size_t row_bytes = (size_t)K * ec_dtype_size(w->dtype);
+    if (!ec_texel_fits(w)) {
+        uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
+        pieces_rows = (ec_texel_reach(ctx) - align) / row_bytes;
+        if (pieces_rows == 0)
+            return ec_fail(EC_ERR_ARG, "matmul: one weight row of %zu bytes exceeds the device's texel-buffer reach of %llu bytes",
+                           row_bytes, (unsigned long long)ec_texel_reach(ctx));
+    }
     ec_pipeline *p;
 
     if (M <= MATVEC_MAX_ROWS && rows_per_binding(ctx, N) >= (uint64_t)M) {
@@ -217,10 +246,21 @@ ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *b
         const uint32_t rows_per_group = 16;
         EC_TRY(PIPELINE(matvec, &p, .width = ctx->info.subgroup_size, .wtype = wtype(w), .BTYPE = bias ? wtype(bias) : 0,
                         .ROWS = rows_per_group, .NM = (uint32_t)M));
-        EC_TRY(ec_bind_texel(x, &bind[0]));
+        uint64_t x_skip;
+        EC_TRY(ec_bind_texel_range(x, 0, (uint64_t)M * K * 4, &bind[0], &x_skip));
+        pc.x_off = (uint32_t)(x_skip / 4);
         EC_TRY(bind_span(y, 0, (uint64_t)M * N, &bind[3], &pc.y_off));
         pc.M = (uint32_t)M;
-        return dispatch_matvec(ctx, p, bind, &pc, (uint32_t)((N + rows_per_group - 1) / rows_per_group), 1, 1);
+        for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += pieces_rows) {
+            uint64_t rows = (uint64_t)N - n0 < pieces_rows ? (uint64_t)N - n0 : pieces_rows, skip;
+            EC_TRY(ec_bind_texel_range(w, n0 * row_bytes, rows * row_bytes, &bind[1], &skip));
+            pc.N = (uint32_t)rows;
+            pc.n0 = (uint32_t)n0;
+            pc.w_off = (uint32_t)(skip / ec_dtype_size(w->dtype));
+            if (!bias) bind[2] = bind[1];
+            EC_TRY(dispatch_matvec(ctx, p, bind, &pc, (uint32_t)((rows + rows_per_group - 1) / rows_per_group), 1, 1));
+        }
+        return EC_OK;
     }
 
     const uint32_t TM = 8, TN = 8;
@@ -236,8 +276,16 @@ ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *b
         EC_TRY(bind_span(x, (uint64_t)r0 * K, (uint64_t)rows * K, &bind[0], &pc.x_off));
         EC_TRY(bind_span(y, (uint64_t)r0 * N, (uint64_t)rows * N, &bind[3], &pc.y_off));
         pc.M = (uint32_t)rows;
-        uint32_t gx = (uint32_t)((N + width * TN - 1) / (width * TN)), gy = (uint32_t)((rows + TM - 1) / TM);
-        EC_TRY(dispatch_matmul(ctx, p, bind, &pc, gx, gy, 1));
+        for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += pieces_rows) {
+            uint64_t cols = (uint64_t)N - n0 < pieces_rows ? (uint64_t)N - n0 : pieces_rows, skip;
+            EC_TRY(ec_bind_texel_range(w, n0 * row_bytes, cols * row_bytes, &bind[1], &skip));
+            pc.N = (uint32_t)cols;
+            pc.n0 = (uint32_t)n0;
+            pc.w_off = (uint32_t)(skip / ec_dtype_size(w->dtype));
+            if (!bias) bind[2] = bind[1];
+            uint32_t gx = (uint32_t)((cols + width * TN - 1) / (width * TN)), gy = (uint32_t)((rows + TM - 1) / TM);
+            EC_TRY(dispatch_matmul(ctx, p, bind, &pc, gx, gy, 1));
+        }
     }
     return EC_OK;
 }
@@ -421,15 +469,35 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
     struct ec_attention_push pc = {
         .T = (uint32_t)T, .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .causal = a->causal != 0,
         .q_row = (uint32_t)a->q.stride, .q_seq = (uint32_t)(T * a->q.stride),
-        .k_off = (uint32_t)a->k.off, .v_off = (uint32_t)a->v.off, .kv_row = (uint32_t)a->k.stride, .kv_seq = (uint32_t)(S * a->k.stride),
+        .kv_row = (uint32_t)a->k.stride, .kv_seq = (uint32_t)(S * a->k.stride),
         .o_row = (uint32_t)a->out.stride, .o_seq = (uint32_t)(T * a->out.stride), .scale = a->scale};
     if (a->k.stride != a->v.stride) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same row stride");
     EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B * T - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
-    EC_TRY(ec_bind_texel(a->k.t, &bind[1]));
-    EC_TRY(ec_bind_texel(a->v.t, &bind[2]));
     EC_TRY(bind_span(a->lengths, 0, (uint64_t)B, &bind[3], NULL));
     EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B * T - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));
-    return dispatch_attention(ctx, p, bind, &pc, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)B);
+    /* K and V past the texel reach: groups of whole sequences, each group's K/V through views that start at
+     * its first sequence (a sequence's keys are never split between views). */
+    uint64_t seq_elems = (uint64_t)S * a->k.stride, group = (uint64_t)B;
+    uint64_t span_k = (uint64_t)(S - 1) * a->k.stride + (uint64_t)Hkv * D; /* elements one sequence's K reaches */
+    if (!ec_texel_fits(a->k.t) || !ec_texel_fits(a->v.t)) {
+        uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
+        uint64_t usable = (ec_texel_reach(ctx) - align - 16) / 4;
+        if (span_k > usable)
+            return ec_fail(EC_ERR_ARG, "attention: the keys of one sequence (%llu bytes) exceed the device's texel-buffer reach "
+                           "of %llu bytes", (unsigned long long)span_k * 4, (unsigned long long)ec_texel_reach(ctx));
+        group = 1 + (usable - span_k) / seq_elems;
+    }
+    for (uint64_t b0 = 0; b0 < (uint64_t)B; b0 += group) {
+        uint64_t n = (uint64_t)B - b0 < group ? (uint64_t)B - b0 : group, k_skip, v_skip;
+        uint64_t len = (n - 1) * seq_elems + span_k;
+        EC_TRY(ec_bind_texel_range(a->k.t, (a->k.off + b0 * seq_elems) * 4, len * 4, &bind[1], &k_skip));
+        EC_TRY(ec_bind_texel_range(a->v.t, (a->v.off + b0 * seq_elems) * 4, len * 4, &bind[2], &v_skip));
+        pc.b0 = (uint32_t)b0;
+        pc.k_off = (uint32_t)(k_skip / 4);
+        pc.v_off = (uint32_t)(v_skip / 4);
+        EC_TRY(dispatch_attention(ctx, p, bind, &pc, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)n));
+    }
+    return EC_OK;
 }
 
 ec_status ec_op_embedding(ec_context *ctx, ec_tensor *ids, ec_tensor *table, ec_tensor *out)
@@ -444,11 +512,26 @@ ec_status ec_op_embedding(ec_context *ctx, ec_tensor *ids, ec_tensor *table, ec_
     uint32_t width = pointwise_width(ctx);
     EC_TRY(PIPELINE(embedding, &p, .width = width, .wtype = wtype(table)));
     ec_binding bind[3];
-    struct ec_embedding_push pc = {.n_ids = (uint32_t)T, .dim = (uint32_t)D, .vocab = (uint32_t)V};
+    struct ec_embedding_push pc = {.n_ids = (uint32_t)T, .dim = (uint32_t)D};
     EC_TRY(bind_span(ids, 0, (uint64_t)T, &bind[0], NULL));
-    EC_TRY(ec_bind_texel(table, &bind[1]));
     EC_TRY(bind_span(out, 0, (uint64_t)T * D, &bind[2], &pc.o_off));
-    return dispatch_embedding(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)T * D, width), 1, 1);
+    /* A table past the texel reach is read in pieces of whole rows: each dispatch writes the ids of its piece. */
+    size_t row_bytes = (size_t)D * ec_dtype_size(table->dtype);
+    uint64_t piece = (uint64_t)V;
+    if (!ec_texel_fits(table)) {
+        uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
+        piece = row_bytes ? (ec_texel_reach(ctx) - align) / row_bytes : (uint64_t)V;
+        if (piece == 0) return ec_fail(EC_ERR_ARG, "embedding: one row of %zu bytes exceeds the device's texel-buffer reach", row_bytes);
+    }
+    for (uint64_t v0 = 0; v0 < (uint64_t)V; v0 += piece) {
+        uint64_t rows = (uint64_t)V - v0 < piece ? (uint64_t)V - v0 : piece, skip;
+        EC_TRY(ec_bind_texel_range(table, v0 * row_bytes, rows * row_bytes, &bind[1], &skip));
+        pc.id0 = (uint32_t)v0;
+        pc.vocab = (uint32_t)rows;
+        pc.t_off = (uint32_t)(skip / ec_dtype_size(table->dtype));
+        EC_TRY(dispatch_embedding(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)T * D, width), 1, 1));
+    }
+    return EC_OK;
 }
 
 ec_status ec_op_copy(ec_context *ctx, ec_cols src, ec_cols dst, int64_t rows, int64_t cols)
@@ -555,12 +638,9 @@ ec_status ec_op_patchify(ec_context *ctx, ec_tensor *pixels, int patch, ec_tenso
 
 ec_status ec_op_zero(ec_context *ctx, ec_tensor *t)
 {
-    EC_TRY(ec_batch_begin(ctx));
-    vkCmdFillBuffer(ctx->cmd, t->mem.buffer, t->mem.offset, t->mem.size, 0);
-    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
-                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
-    vkCmdPipelineBarrier(ctx->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
-    return EC_OK;
+    EC_TRY(need_same_context(ctx, t));
+    /* The barrier tracking orders the fill after earlier dispatches that touch t, and later ones after it. */
+    return ec_fill_zero(ctx, t->mem.buffer, t->mem.offset, t->mem.size);
 }
 
 ec_status ec_op_peak_fma(ec_context *ctx, ec_tensor *out, uint32_t iterations)

@@ -102,8 +102,30 @@ static PyObject *py_device_info(PyObject *self, PyObject *args)
         set_item(d, "memory_reserved", PyLong_FromUnsignedLongLong(ctx->reserved));
         set_item(d, "memory_budget", PyLong_FromUnsignedLongLong(ctx->budget));
         set_item(d, "max_allocation", PyLong_FromUnsignedLongLong(ctx->max_allocation));
+        set_item(d, "host_visible_tensors", PyBool_FromLong(ctx->host_visible));
+        set_item(d, "submit_dispatches", PyLong_FromUnsignedLong(ctx->submit_every));
+        static const char *modes[] = {"discrete-memory", "gpu-workgroups", "small-limits", "split-submits"};
+        PyObject *emulate = PyList_New(0);
+        for (int i = 0; emulate && i < 4; i++)
+            if (ctx->emulate & (1u << i)) {
+                PyObject *m = PyUnicode_FromString(modes[i]);
+                if (m) { PyList_Append(emulate, m); Py_DECREF(m); }
+            }
+        set_item(d, "emulate", emulate);
     }
     return d;
+}
+
+static PyObject *py_counters(PyObject *self, PyObject *args)
+{
+    ec_context *ctx = ec_py_context();
+    if (!ctx) return NULL;
+    const ec_counters *c = &ctx->counters;
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "submits", (unsigned long long)c->submits,
+                         "dispatches", (unsigned long long)c->dispatches, "barriers", (unsigned long long)c->barriers,
+                         "staging_copies", (unsigned long long)c->staging_copies,
+                         "multi_subgroup_dispatches", (unsigned long long)c->multi_subgroup_dispatches,
+                         "split_views", (unsigned long long)c->split_views, "fills", (unsigned long long)c->fills);
 }
 
 static PyObject *py_set_memory_budget(PyObject *self, PyObject *args)
@@ -167,6 +189,8 @@ PyMethodDef ec_py_device_methods[] = {
     {"device_info", py_device_info, METH_NOARGS, "device_info() -> dict for the device eyecare uses (creating its context)."},
     {"set_memory_budget", py_set_memory_budget, METH_VARARGS, "set_memory_budget(bytes): cap the device memory eyecare holds (0 = none); over it, allocations raise\n"
      "DeviceMemoryError (with .needed and .available in bytes)."},
+    {"counters", py_counters, METH_NOARGS, "counters() -> dict of what the runtime did since the context was made: submits,\n"
+     "dispatches, barriers, staging_copies, multi_subgroup_dispatches, split_views, fills (tests/test_emulation.py)."},
     {"context_created", py_context_created, METH_NOARGS, "True once the device context exists (a device was chosen)."},
     {"validation_messages", py_validation_messages, METH_NOARGS, "Number of Vulkan validation-layer messages so far."},
     {"last_batch_ms", py_last_batch_ms, METH_NOARGS, "Device time of the last submitted batch, in ms (timestamps)."},

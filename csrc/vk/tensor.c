@@ -3,6 +3,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef struct ec_texel_view {
+    VkDeviceSize offset, range; /* bytes of the tensor's allocation */
+    VkBufferView view;
+    struct ec_texel_view *next;
+} ec_texel_view;
+
+struct ec_texel_views { ec_texel_view *list; };
+
 size_t ec_dtype_size(ec_dtype d) { return d == EC_Q8 || d == EC_Q4 ? 1 : d == EC_F16 || d == EC_BF16 ? 2 : 4; }
 
 const char *ec_dtype_name(ec_dtype d)
@@ -57,8 +65,10 @@ ec_status ec_tensor_create(ec_context *ctx, ec_dtype dtype, int ndim, const int6
         t->scales_at = (size_t)((data + EC_QSCALE_ALIGN - 1) / EC_QSCALE_ALIGN * EC_QSCALE_ALIGN);
         t->nbytes = t->scales_at + (size_t)((ec_qscale_bytes(shape[0], shape[1]) + 15) / 16 * 16);
     }
+    t->views = calloc(1, sizeof *t->views);
+    if (!t->views) { free(t); return ec_fail(EC_ERR_OOM, "out of host memory"); }
     ec_status s = ec_alloc(ctx, t->nbytes, &t->mem);
-    if (s) { free(t); return s; }
+    if (s) { free(t->views); free(t); return s; }
     *out = t;
     return EC_OK;
 }
@@ -69,8 +79,8 @@ void ec_tensor_destroy(ec_tensor *t)
     ec_context *ctx = t->ctx;
     /* Recorded work may still use the memory: finish it before the memory can be handed out again. */
     if (ctx->recording) ec_batch_submit(ctx);
-    if (t->texel_view) vkDestroyBufferView(ctx->device, t->texel_view, NULL);
-    if (t->scale_view) vkDestroyBufferView(ctx->device, t->scale_view, NULL);
+    for (ec_texel_view *v = t->views->list, *n; v; v = n) { n = v->next; vkDestroyBufferView(ctx->device, v->view, NULL); free(v); }
+    free(t->views);
     ec_free(ctx, &t->mem);
     free(t);
 }
@@ -130,38 +140,129 @@ ec_status ec_bind_storage_range(const ec_tensor *t, size_t offset, size_t range,
 
 ec_status ec_bind_storage(const ec_tensor *t, ec_binding *b) { return ec_bind_storage_range(t, 0, t->nbytes, b); }
 
-/* An RGBA32UI view of bytes [offset, offset + bytes) of the tensor's allocation. */
-static ec_status make_view(ec_tensor *t, uint64_t offset, uint64_t bytes, const char *what, VkBufferView *out)
+uint64_t ec_texel_reach(const ec_context *ctx) { return (uint64_t)ctx->limits.maxTexelBufferElements * 16; }
+
+int ec_texel_fits(const ec_tensor *t) { return t->mem.size <= ec_texel_reach(t->ctx); }
+
+/* The view of [offset, offset + range) of t's allocation, made once. */
+static ec_status view_of(ec_tensor *t, VkDeviceSize offset, VkDeviceSize range, ec_binding *b)
 {
-    uint64_t texels = bytes / 16;
-    if (texels > t->ctx->limits.maxTexelBufferElements)
-        return ec_fail(EC_ERR_ARG, "a %zu-byte tensor's %s exceed the device's texel-buffer reach of %llu bytes", t->nbytes, what,
-                       (unsigned long long)t->ctx->limits.maxTexelBufferElements * 16);
-    VkBufferViewCreateInfo vi = {.sType = VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO, .buffer = t->mem.buffer,
-                                 .format = VK_FORMAT_R32G32B32A32_UINT, .offset = t->mem.offset + offset, .range = texels * 16};
-    if (vkCreateBufferView(t->ctx->device, &vi, NULL, out) != VK_SUCCESS)
-        return ec_fail(EC_ERR_DEVICE, "creating a texel buffer view failed");
+    ec_texel_view *v = t->views->list;
+    while (v && !(v->offset == offset && v->range == range)) v = v->next;
+    if (!v) {
+        v = calloc(1, sizeof *v);
+        if (!v) return ec_fail(EC_ERR_OOM, "out of host memory");
+        VkBufferViewCreateInfo vi = {.sType = VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO, .buffer = t->mem.buffer,
+                                     .format = VK_FORMAT_R32G32B32A32_UINT, .offset = t->mem.offset + offset, .range = range};
+        if (vkCreateBufferView(t->ctx->device, &vi, NULL, &v->view) != VK_SUCCESS) {
+            free(v);
+            return ec_fail(EC_ERR_DEVICE, "creating a texel buffer view failed");
+        }
+        v->offset = offset;
+        v->range = range;
+        v->next = t->views->list;
+        t->views->list = v;
+    }
+    memset(b, 0, sizeof *b);
+    b->texel_view = v->view;
+    b->buffer = t->mem.buffer;
+    b->offset = t->mem.offset + offset;
+    b->range = range;
     return EC_OK;
 }
 
 ec_status ec_bind_texel(ec_tensor *t, ec_binding *b)
 {
-    if (!t->texel_view) {
-        if (ec_dtype_quantized(t->dtype))
-            EC_TRY(make_view(t, 0, ec_qdata_bytes(t->dtype, t->shape[0], t->shape[1]), "packed integers", &t->texel_view));
-        else
-            EC_TRY(make_view(t, 0, t->mem.size, "data", &t->texel_view));
+    if (ec_dtype_quantized(t->dtype)) {  /* the packed integers, as one view */
+        uint64_t data = ec_qdata_bytes(t->dtype, t->shape[0], t->shape[1]);
+        if (data > ec_texel_reach(t->ctx))
+            return ec_fail(EC_ERR_ARG, "the %llu bytes of packed integers of a %s weight exceed the device's texel-buffer "
+                           "reach of %llu bytes (maxTexelBufferElements %u), and this use of it cannot be split",
+                           (unsigned long long)data, ec_dtype_name(t->dtype), (unsigned long long)ec_texel_reach(t->ctx),
+                           t->ctx->limits.maxTexelBufferElements);
+        return view_of(t, 0, data, b);
     }
-    memset(b, 0, sizeof *b);
-    b->texel_view = t->texel_view;
+    if (!ec_texel_fits(t))
+        return ec_fail(EC_ERR_ARG, "a %zu-byte tensor exceeds the device's texel-buffer reach of %llu bytes "
+                       "(maxTexelBufferElements %u), and this use of it cannot be split", t->nbytes,
+                       (unsigned long long)ec_texel_reach(t->ctx), t->ctx->limits.maxTexelBufferElements);
+    return view_of(t, 0, t->mem.size / 16 * 16, b);
+}
+
+/* A view covering bytes [offset, offset + size) of t that starts at an aligned offset at or below it: the
+ * part's own view, or `whole` (bytes [base, base + whole)) when that fits in the reach. *skip: bytes from
+ * the view's start to offset. */
+static ec_status part_view(ec_tensor *t, uint64_t base, uint64_t whole, uint64_t offset, uint64_t size, ec_binding *b,
+                           uint64_t *skip)
+{
+    uint64_t reach = ec_texel_reach(t->ctx);
+    if (whole <= reach) {
+        *skip = offset - base;
+        return view_of(t, base, (whole + 15) / 16 * 16, b);
+    }
+    uint64_t align = t->ctx->limits.minTexelBufferOffsetAlignment;
+    if (align < 16) align = 16;
+    uint64_t start = offset / align * align, end = (offset + size + 15) / 16 * 16;
+    if (end - start > reach)
+        return ec_fail(EC_ERR_ARG, "a %llu-byte piece of a quantized weight exceeds the device's texel-buffer reach of %llu "
+                       "bytes (maxTexelBufferElements %u)", (unsigned long long)(end - start), (unsigned long long)reach,
+                       t->ctx->limits.maxTexelBufferElements);
+    *skip = offset - start;
+    t->ctx->counters.split_views++;
+    return view_of(t, start, end - start, b);
+}
+
+uint64_t ec_quantized_rows_per_view(const ec_tensor *t)
+{
+    uint64_t reach = ec_texel_reach(t->ctx), align = t->ctx->limits.minTexelBufferOffsetAlignment;
+    if (align < 16) align = 16;
+    uint64_t blocks = (uint64_t)ec_qblocks(t->shape[1]);
+    uint64_t row_bytes = blocks * (t->dtype == EC_Q4 ? EC_QBLOCK / 2 : EC_QBLOCK), scale_bytes = blocks * 2;
+    uint64_t usable = reach > 2 * align ? reach - 2 * align : 0;
+    uint64_t a = usable / row_bytes, b = usable / scale_bytes;
+    return a < b ? a : b;
+}
+
+ec_status ec_bind_quantized(ec_tensor *t, int64_t row0, int64_t rows, ec_binding *data, ec_binding *scales,
+                            uint32_t *w_off, uint32_t *s_off)
+{
+    if (!ec_dtype_quantized(t->dtype)) return ec_fail(EC_ERR_ARG, "a %s tensor has no packed integers", ec_dtype_name(t->dtype));
+    if (row0 < 0 || rows < 1 || row0 + rows > t->shape[0]) return ec_fail(EC_ERR_ARG, "rows %lld..%lld of a %lld-row weight",
+                                                                          (long long)row0, (long long)(row0 + rows - 1), (long long)t->shape[0]);
+    uint64_t blocks = (uint64_t)ec_qblocks(t->shape[1]);
+    uint64_t row_bytes = blocks * (t->dtype == EC_Q4 ? EC_QBLOCK / 2 : EC_QBLOCK);
+    uint64_t data_bytes = row_bytes * (uint64_t)t->shape[0], scale_bytes = blocks * 2 * (uint64_t)t->shape[0];
+    uint64_t skip;
+    EC_TRY(part_view(t, 0, data_bytes, (uint64_t)row0 * row_bytes, (uint64_t)rows * row_bytes, data, &skip));
+    if (skip / 16 > UINT32_MAX) return ec_fail(EC_ERR_ARG, "a quantized weight of more than 2^32 texels");
+    *w_off = (uint32_t)(skip / 16);
+    EC_TRY(part_view(t, t->scales_at, scale_bytes, t->scales_at + (uint64_t)row0 * blocks * 2, (uint64_t)rows * blocks * 2,
+                     scales, &skip));
+    if (skip / 2 > UINT32_MAX) return ec_fail(EC_ERR_ARG, "a quantized weight of more than 2^32 scales");
+    *s_off = (uint32_t)(skip / 2);
     return EC_OK;
 }
 
-ec_status ec_bind_scales(ec_tensor *t, ec_binding *b)
+ec_status ec_bind_texel_range(ec_tensor *t, uint64_t offset, uint64_t size, ec_binding *b, uint64_t *skip)
 {
-    if (!ec_dtype_quantized(t->dtype)) return ec_fail(EC_ERR_ARG, "a %s tensor has no scales", ec_dtype_name(t->dtype));
-    if (!t->scale_view) EC_TRY(make_view(t, t->scales_at, t->nbytes - t->scales_at, "scales", &t->scale_view));
-    memset(b, 0, sizeof *b);
-    b->texel_view = t->scale_view;
-    return EC_OK;
+    if (offset + size > t->mem.size) return ec_fail(EC_ERR_ARG, "a texel view past the end of a %zu-byte tensor", t->nbytes);
+    if (ec_texel_fits(t)) {
+        *skip = offset;
+        return ec_bind_texel(t, b);
+    }
+    uint64_t align = t->ctx->limits.minTexelBufferOffsetAlignment;
+    if (align < 16) align = 16;
+    uint64_t start = offset / align * align;
+    uint64_t end = (offset + size + 15) / 16 * 16;
+    if (end - start > ec_texel_reach(t->ctx))
+        return ec_fail(EC_ERR_ARG, "a %llu-byte piece of a tensor exceeds the device's texel-buffer reach of %llu bytes "
+                       "(maxTexelBufferElements %u)", (unsigned long long)(end - start),
+                       (unsigned long long)ec_texel_reach(t->ctx), t->ctx->limits.maxTexelBufferElements);
+    /* As long a view as fits (fewer distinct views for the pieces of one op), within the allocation. */
+    uint64_t range = ec_texel_reach(t->ctx) / align * align;
+    if (start + range > t->mem.size) range = t->mem.size - start;
+    if (range < end - start) range = end - start;
+    *skip = offset - start;
+    t->ctx->counters.split_views++;
+    return view_of(t, start, range / 16 * 16, b);
 }

@@ -1,6 +1,8 @@
 /* Device tensors: a typed, shaped piece of device memory. Weights are read by shaders through a
- * uniform texel buffer view (RGBA32UI, 16 bytes a fetch), which addresses up to 2 GiB regardless of
- * maxStorageBufferRange; activations are bound as storage buffers. */
+ * uniform texel buffer view (RGBA32UI, 16 bytes a fetch), which reaches maxTexelBufferElements * 16 bytes
+ * (2 GiB on most GPUs, 1 MiB on some mobile ones) regardless of maxStorageBufferRange; activations are
+ * bound as storage buffers. A tensor past the texel reach is read through views of parts of it
+ * (ec_bind_texel_range), which the ops that can take such a tensor use piece by piece. */
 #ifndef EC_TENSOR_H
 #define EC_TENSOR_H
 
@@ -24,9 +26,11 @@ typedef struct {
     int64_t shape[EC_MAX_DIMS];
     size_t nbytes;
     ec_allocation mem;
-    VkBufferView texel_view; /* created on first use as a texel buffer (for EC_Q8/EC_Q4: the packed integers) */
     size_t scales_at;        /* EC_Q8/EC_Q4: byte offset of the f16 scales (0 otherwise) */
-    VkBufferView scale_view; /* EC_Q8/EC_Q4: texel view of the scales, created on first use */
+    /* Texel views, created on first use and kept until the tensor is destroyed. Shared by shallow copies of
+     * the struct (views of some rows of a tensor, e.g. decoder.c rows_view): the tensor that created the
+     * list owns it. */
+    struct ec_texel_views *views;
 } ec_tensor;
 
 /* Bytes of one element (for the quantized dtypes: of one packed integer, 1; use ec_tensor.nbytes for sizes). */
@@ -52,7 +56,19 @@ ec_status ec_tensor_download_quantized(const ec_tensor *t, void *data, size_t da
 ec_status ec_bind_storage(const ec_tensor *t, ec_binding *b);
 ec_status ec_bind_storage_range(const ec_tensor *t, size_t offset, size_t range, ec_binding *b);
 ec_status ec_bind_texel(ec_tensor *t, ec_binding *b);
-/* The scales of a quantized tensor as a texel view (RGBA32UI, 8 f16 a texel). */
-ec_status ec_bind_scales(ec_tensor *t, ec_binding *b);
+/* The texel reach of the device in bytes, and whether t fits in one view. */
+uint64_t ec_texel_reach(const ec_context *ctx);
+int ec_texel_fits(const ec_tensor *t);
+/* Binds a view that covers bytes [offset, offset + size) of t: the whole tensor's view when it fits in one,
+ * else a view starting at or below `offset` (at the device's texel offset alignment). *skip is the number
+ * of bytes between the view's start and `offset` (what the shader adds to its element indices). Fails when
+ * the range itself is past the reach. */
+ec_status ec_bind_texel_range(ec_tensor *t, uint64_t offset, uint64_t size, ec_binding *b, uint64_t *skip);
+/* Rows row0 .. row0 + rows - 1 of a quantized weight: views of its packed integers and of its scales (the
+ * whole parts when each fits in the texel reach, else views of these rows), and where row0 starts in them:
+ * w_off in texels, s_off in scales. ec_quantized_rows_per_view: the most rows one pair of views reaches. */
+ec_status ec_bind_quantized(ec_tensor *t, int64_t row0, int64_t rows, ec_binding *data, ec_binding *scales,
+                            uint32_t *w_off, uint32_t *s_off);
+uint64_t ec_quantized_rows_per_view(const ec_tensor *t);
 
 #endif

@@ -46,6 +46,20 @@ static int has_layer(const char *name)
     return found;
 }
 
+static int has_instance_extension(const char *name)
+{
+    uint32_t n = 0;
+    vkEnumerateInstanceExtensionProperties(NULL, &n, NULL);
+    VkExtensionProperties *ext = calloc(n ? n : 1, sizeof *ext);
+    if (!ext) return 0;
+    vkEnumerateInstanceExtensionProperties(NULL, &n, ext);
+    int found = 0;
+    for (uint32_t i = 0; i < n; i++)
+        found |= strcmp(ext[i].extensionName, name) == 0;
+    free(ext);
+    return found;
+}
+
 static ec_status create_instance(int validation, VkInstance *out)
 {
     EC_TRY(ec_vk_load());
@@ -57,14 +71,29 @@ static ec_status create_instance(int validation, VkInstance *out)
     VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO, .pApplicationName = "eyecare",
                              .pEngineName = "eyecare", .apiVersion = VK_API_VERSION_1_2};
     const char *layers[1] = {VALIDATION_LAYER};
-    const char *extensions[1] = {VK_EXT_DEBUG_UTILS_EXTENSION_NAME};
+    const char *extensions[3];
+    uint32_t n_ext = 0;
     int use_validation = validation && has_layer(VALIDATION_LAYER);
     if (validation && !use_validation)
         return ec_fail(EC_ERR_NO_DEVICE, "EYECARE_VALIDATE=1 but the Khronos validation layer is not "
                        "installed; on Debian/Ubuntu run 'apt-get install vulkan-validationlayers'");
-    VkInstanceCreateInfo info = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, .pApplicationInfo = &app,
+    if (use_validation) extensions[n_ext++] = VK_EXT_DEBUG_UTILS_EXTENSION_NAME;
+    /* MoltenVK (macOS) and other layered implementations list their devices only to instances that ask for
+     * portability enumeration; loaders that do not know the extension do not offer it. */
+    VkInstanceCreateFlags flags = 0;
+    if (has_instance_extension("VK_KHR_portability_enumeration")) {
+        extensions[n_ext++] = "VK_KHR_portability_enumeration";
+        flags |= 0x00000001; /* VK_INSTANCE_CREATE_ENUMERATE_PORTABILITY_BIT_KHR */
+    }
+    /* With validation on, synchronization validation too: a missing barrier is a reported hazard even on
+     * lavapipe, which executes in order and would never show the race. */
+    VkValidationFeatureEnableEXT enables[1] = {VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT};
+    VkValidationFeaturesEXT features = {.sType = VK_STRUCTURE_TYPE_VALIDATION_FEATURES_EXT,
+                                        .enabledValidationFeatureCount = 1, .pEnabledValidationFeatures = enables};
+    VkInstanceCreateInfo info = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, .pNext = use_validation ? &features : NULL,
+                                 .flags = flags, .pApplicationInfo = &app,
                                  .enabledLayerCount = use_validation, .ppEnabledLayerNames = layers,
-                                 .enabledExtensionCount = use_validation, .ppEnabledExtensionNames = extensions};
+                                 .enabledExtensionCount = n_ext, .ppEnabledExtensionNames = extensions};
     VkResult r = vkCreateInstance(&info, NULL, out);
     if (r != VK_SUCCESS)
         return ec_fail(EC_ERR_NO_DEVICE, "vkCreateInstance failed (VkResult %d): no working Vulkan driver; "
@@ -108,6 +137,7 @@ static void describe_device(VkPhysicalDevice pd, ec_device_info *info)
     info->device_id = p->deviceID;
     info->api_version = p->apiVersion;
     info->subgroup_size = subgroup.subgroupSize;
+    info->subgroup_operations = (subgroup.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) ? subgroup.supportedOperations : 0;
     info->max_storage_buffer_range = p->limits.maxStorageBufferRange;
     info->max_texel_buffer_elements = p->limits.maxTexelBufferElements;
     info->max_shared_memory = p->limits.maxComputeSharedMemorySize;
@@ -226,6 +256,7 @@ typedef struct ec_span { VkDeviceSize offset, size; struct ec_span *next; } ec_s
 
 struct ec_block {
     VkDeviceMemory memory;
+    uint32_t type;        /* its memory type */
     VkBuffer buffer;
     VkDeviceSize size;
     void *mapped;
@@ -237,7 +268,24 @@ struct ec_block {
 static VkBufferUsageFlags BUFFER_USAGE = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_UNIFORM_TEXEL_BUFFER_BIT |
                                          VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
 
-static ec_status new_block(ec_context *ctx, VkDeviceSize size, uint32_t type, int map, ec_block **out)
+/* The memory type for a buffer: one its requirements allow (memoryTypeBits) with every flag in `flags`,
+ * preferring one that also has those in `prefer`; -1 if none. */
+static int choose_type(ec_context *ctx, uint32_t bits, VkMemoryPropertyFlags flags, VkMemoryPropertyFlags prefer)
+{
+    VkPhysicalDeviceMemoryProperties mem;
+    vkGetPhysicalDeviceMemoryProperties(ctx->physical, &mem);
+    int fallback = -1;
+    for (uint32_t i = 0; i < mem.memoryTypeCount; i++) {
+        VkMemoryPropertyFlags f = mem.memoryTypes[i].propertyFlags;
+        if (!(bits & (1u << i)) || (f & flags) != flags) continue;
+        if ((f & prefer) == prefer) return (int)i;
+        if (fallback < 0) fallback = (int)i;
+    }
+    return fallback;
+}
+
+static ec_status new_block(ec_context *ctx, VkDeviceSize size, VkMemoryPropertyFlags flags, VkMemoryPropertyFlags prefer,
+                           int map, ec_block **out)
 {
     ec_block *b = calloc(1, sizeof *b);
     if (!b) return ec_fail(EC_ERR_OOM, "out of host memory");
@@ -248,7 +296,15 @@ static ec_status new_block(ec_context *ctx, VkDeviceSize size, uint32_t type, in
     if (r != VK_SUCCESS) { free(b); return ec_fail(EC_ERR_OOM, "vkCreateBuffer of %.1f MiB failed (VkResult %d)", size / MiB, r); }
     VkMemoryRequirements req;
     vkGetBufferMemoryRequirements(ctx->device, b->buffer, &req);
-    VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size, .memoryTypeIndex = type};
+    int type = choose_type(ctx, req.memoryTypeBits, flags, prefer);
+    if (type < 0) {
+        vkDestroyBuffer(ctx->device, b->buffer, NULL);
+        free(b);
+        return ec_fail(EC_ERR_NO_DEVICE, "%s offers no memory type with flags 0x%x for a buffer (memoryTypeBits 0x%x)",
+                       ctx->info.name, (unsigned)flags, (unsigned)req.memoryTypeBits);
+    }
+    b->type = (uint32_t)type;
+    VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size, .memoryTypeIndex = b->type};
     r = vkAllocateMemory(ctx->device, &ai, NULL, &b->memory);
     if (r != VK_SUCCESS) {
         vkDestroyBuffer(ctx->device, b->buffer, NULL);
@@ -392,13 +448,14 @@ void ec_set_budget(ec_context *ctx, uint64_t budget)
 /* A new block of `size` bytes (at least `need`), linked into the context. */
 static ec_status add_block(ec_context *ctx, VkDeviceSize size, VkDeviceSize need, ec_block **out)
 {
-    ec_status s = new_block(ctx, size, ctx->memory_type, ctx->host_visible, out);
+    VkMemoryPropertyFlags f = ctx->tensor_flags, pf = ctx->tensor_prefer;
+    ec_status s = new_block(ctx, size, f, pf, ctx->host_visible, out);
     /* Near the end of device memory a whole default block may not fit where the request would; and blocks that
      * eyecare holds but does not use are worth giving back before giving up. */
-    if (s == EC_ERR_OOM && size > need) s = new_block(ctx, need, ctx->memory_type, ctx->host_visible, out);
+    if (s == EC_ERR_OOM && size > need) s = new_block(ctx, need, f, pf, ctx->host_visible, out);
     if (s == EC_ERR_OOM && ctx->blocks) {
         release_empty_blocks(ctx);
-        s = new_block(ctx, need, ctx->memory_type, ctx->host_visible, out);
+        s = new_block(ctx, need, f, pf, ctx->host_visible, out);
     }
     if (s) return s;
     (*out)->next = ctx->blocks;
@@ -476,25 +533,44 @@ void ec_free(ec_context *ctx, ec_allocation *a)
     memset(a, 0, sizeof *a);
 }
 
-/* Copies through the staging buffer on devices whose memory the host cannot see. */
+/* Copies through a staging buffer on devices whose memory the host cannot map (discrete GPUs, and
+ * EYECARE_EMULATE=discrete-memory): each piece is one batch, the copy then a barrier that makes it visible
+ * to the host (ec_batch_submit). Downloads go through host-cached memory where the device has it: reading
+ * uncached (write-combined) memory from the CPU is many times slower. */
 static ec_status staged_copy(ec_context *ctx, const ec_allocation *a, VkDeviceSize offset, void *host, size_t n, int upload)
 {
     const VkDeviceSize chunk = 64 << 20;
-    if (!ctx->staging.block) {
+    ec_allocation *st = upload ? &ctx->staging_up : &ctx->staging_down;
+    if (!st->block) {
         ec_block *b;
-        EC_TRY(new_block(ctx, chunk, ctx->staging_type, 1, &b));
-        ctx->staging.block = b; ctx->staging.buffer = b->buffer; ctx->staging.size = chunk; ctx->staging.mapped = b->mapped;
+        if (upload) EC_TRY(new_block(ctx, chunk, ctx->upload_flags, ctx->upload_prefer, 1, &b));
+        else EC_TRY(new_block(ctx, chunk, ctx->download_flags, ctx->download_prefer, 1, &b));
+        st->block = b; st->buffer = b->buffer; st->size = chunk; st->mapped = b->mapped;
+        if (!upload) {
+            VkPhysicalDeviceMemoryProperties mem;
+            vkGetPhysicalDeviceMemoryProperties(ctx->physical, &mem);
+            ctx->staging_down_coherent = (mem.memoryTypes[b->type].propertyFlags & VK_MEMORY_PROPERTY_HOST_COHERENT_BIT) != 0;
+        }
     }
     for (size_t done = 0; done < n;) {
         VkDeviceSize len = n - done < chunk ? n - done : chunk;
-        if (upload) memcpy(ctx->staging.mapped, (char *)host + done, len);
+        if (upload) memcpy(st->mapped, (char *)host + done, len);
         EC_TRY(ec_batch_begin(ctx));
         VkBufferCopy region = upload ? (VkBufferCopy){0, a->offset + offset + done, len}
                                      : (VkBufferCopy){a->offset + offset + done, 0, len};
-        if (upload) vkCmdCopyBuffer(ctx->cmd, ctx->staging.buffer, a->buffer, 1, &region);
-        else vkCmdCopyBuffer(ctx->cmd, a->buffer, ctx->staging.buffer, 1, &region);
+        if (upload) vkCmdCopyBuffer(ctx->cmd, st->buffer, a->buffer, 1, &region);
+        else vkCmdCopyBuffer(ctx->cmd, a->buffer, st->buffer, 1, &region);
+        ctx->batch_wrote = 1;
+        ctx->counters.staging_copies++;
         EC_TRY(ec_batch_submit(ctx));
-        if (!upload) memcpy((char *)host + done, ctx->staging.mapped, len);
+        if (!upload) {
+            if (!ctx->staging_down_coherent) {
+                VkMappedMemoryRange range = {.sType = VK_STRUCTURE_TYPE_MAPPED_MEMORY_RANGE, .memory = st->block->memory,
+                                             .offset = 0, .size = VK_WHOLE_SIZE};
+                vkInvalidateMappedMemoryRanges(ctx->device, 1, &range);
+            }
+            memcpy((char *)host + done, st->mapped, len);
+        }
         done += len;
     }
     return EC_OK;
@@ -519,32 +595,52 @@ ec_status ec_read(ec_context *ctx, const ec_allocation *a, VkDeviceSize offset, 
 /* ------------------------------------------------------------------------------------------------
  * Context */
 
+/* Which memory each kind of buffer needs. Tensors: device-local, and also host-visible and coherent (mapped,
+ * no staging) where such memory is the whole device heap (CPUs, unified memory); on discrete GPUs that is
+ * the small BAR window, so tensors live in plain device memory and transfers go through staging. Uploads:
+ * host-visible coherent. Downloads: host-visible, preferably cached (then invalidated if not coherent). The
+ * type itself is chosen per buffer from its memoryTypeBits (choose_type). */
 static ec_status pick_memory_types(ec_context *ctx)
 {
     VkPhysicalDeviceMemoryProperties mem;
     vkGetPhysicalDeviceMemoryProperties(ctx->physical, &mem);
     const VkMemoryPropertyFlags visible = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
-    int local = -1, local_visible = -1, staging = -1;
+    const VkMemoryPropertyFlags local = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT;
+    int any_local = 0, uma = 0, any_visible = 0;
     for (uint32_t i = 0; i < mem.memoryTypeCount; i++) {
         VkMemoryPropertyFlags f = mem.memoryTypes[i].propertyFlags;
-        int is_local = (f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) != 0;
-        if (is_local && local < 0) local = (int)i;
-        if (is_local && (f & visible) == visible && local_visible < 0) local_visible = (int)i;
-        if ((f & visible) == visible && staging < 0) staging = (int)i;
+        any_local |= (f & local) != 0;
+        any_visible |= (f & visible) == visible;
+        if ((f & (local | visible)) == (local | visible) && mem.memoryHeaps[mem.memoryTypes[i].heapIndex].size >= ctx->info.memory_bytes)
+            uma = 1;
     }
-    /* Host-visible device-local memory is used directly only where it is the whole heap (CPUs, unified
-     * memory); on discrete GPUs it is the small BAR window, so tensors live in plain device memory. */
-    int uma = 0;
-    if (local_visible >= 0) {
-        uint32_t heap = mem.memoryTypes[local_visible].heapIndex;
-        uma = mem.memoryHeaps[heap].size >= ctx->info.memory_bytes;
+    if (!any_visible) return ec_fail(EC_ERR_NO_DEVICE, "%s offers no host-visible, coherent memory", ctx->info.name);
+    if (ctx->emulate & EC_EMULATE_DISCRETE_MEMORY) uma = 0;
+    if (uma) {
+        ctx->tensor_flags = local | visible;
+        ctx->tensor_prefer = local | visible | VK_MEMORY_PROPERTY_HOST_CACHED_BIT;
+        ctx->host_visible = 1;
+    } else if (any_local) {
+        ctx->tensor_flags = ctx->tensor_prefer = local;
+    } else {
+        ctx->tensor_flags = ctx->tensor_prefer = visible;
+        ctx->host_visible = !(ctx->emulate & EC_EMULATE_DISCRETE_MEMORY);
     }
-    if (uma) { ctx->memory_type = (uint32_t)local_visible; ctx->host_visible = 1; }
-    else if (local >= 0) ctx->memory_type = (uint32_t)local;
-    else if (staging >= 0) { ctx->memory_type = (uint32_t)staging; ctx->host_visible = 1; }
-    else return ec_fail(EC_ERR_NO_DEVICE, "%s offers no usable memory type", ctx->info.name);
-    if (staging < 0) return ec_fail(EC_ERR_NO_DEVICE, "%s offers no host-visible memory", ctx->info.name);
-    ctx->staging_type = (uint32_t)staging;
+    ctx->upload_flags = ctx->upload_prefer = visible;
+    ctx->download_flags = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT;
+    ctx->download_prefer = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_CACHED_BIT;
+    /* The type a tensor block gets, found with a probe buffer: its heap is the one budgets refer to. */
+    VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = 4096, .usage = BUFFER_USAGE,
+                             .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+    VkBuffer probe;
+    if (vkCreateBuffer(ctx->device, &bi, NULL, &probe) != VK_SUCCESS)
+        return ec_fail(EC_ERR_DEVICE, "vkCreateBuffer failed on %s", ctx->info.name);
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(ctx->device, probe, &req);
+    vkDestroyBuffer(ctx->device, probe, NULL);
+    int type = choose_type(ctx, req.memoryTypeBits, ctx->tensor_flags, ctx->tensor_prefer);
+    if (type < 0) return ec_fail(EC_ERR_NO_DEVICE, "%s offers no memory type for storage buffers", ctx->info.name);
+    ctx->memory_type = (uint32_t)type;
     return EC_OK;
 }
 
@@ -566,6 +662,103 @@ static void allocation_limits(ec_context *ctx)
     ctx->max_allocation = limit / ALIGNMENT * ALIGNMENT;
 }
 
+/* EYECARE_EMULATE: a comma-separated list of modes, or "all" (docs/devices.md). */
+static ec_status parse_emulation(ec_context *ctx)
+{
+    static const struct { const char *name; unsigned bit; } modes[] = {
+        {"discrete-memory", EC_EMULATE_DISCRETE_MEMORY}, {"gpu-workgroups", EC_EMULATE_GPU_WORKGROUPS},
+        {"small-limits", EC_EMULATE_SMALL_LIMITS}, {"split-submits", EC_EMULATE_SPLIT_SUBMITS},
+        {"all", EC_EMULATE_DISCRETE_MEMORY | EC_EMULATE_GPU_WORKGROUPS | EC_EMULATE_SMALL_LIMITS | EC_EMULATE_SPLIT_SUBMITS}};
+    const char *text = getenv("EYECARE_EMULATE");
+    if (!text) return EC_OK;
+    char word[64];
+    for (const char *p = text; *p;) {
+        size_t n = strcspn(p, ", ");
+        if (n > 0) {
+            snprintf(word, sizeof word, "%.*s", (int)(n < sizeof word - 1 ? n : sizeof word - 1), p);
+            unsigned bit = 0;
+            for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+                if (strcmp(word, modes[i].name) == 0) bit = modes[i].bit;
+            if (!bit)
+                return ec_fail(EC_ERR_ARG, "EYECARE_EMULATE=%s: unknown mode '%s' (modes: discrete-memory, gpu-workgroups, "
+                               "small-limits, split-submits, all)", text, word);
+            ctx->emulate |= bit;
+        }
+        p += n;
+        while (*p == ',' || *p == ' ') p++;
+    }
+    return EC_OK;
+}
+
+/* The widest workgroup any kernel asks for, and the shared memory and push constants the kernels use: the
+ * device must allow them (the Vulkan minimums are 128 invocations, 16 KiB and 128 bytes). */
+#define EC_MAX_WIDTH 256u
+#define EC_SHARED_BYTES 512u /* common.glsl wg_partial[64] + argmax.comp wg_index[64] */
+
+static ec_status check_requirements(ec_context *ctx)
+{
+    const ec_device_info *d = &ctx->info;
+    const VkPhysicalDeviceLimits *l = &ctx->limits;
+    if (!d->push_descriptor)
+        return ec_fail(EC_ERR_NO_DEVICE, "%s lacks VK_KHR_push_descriptor, which eyecare needs (docs/devices.md)", d->name);
+    const uint32_t ops = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT | VK_SUBGROUP_FEATURE_BALLOT_BIT;
+    if ((d->subgroup_operations & ops) != ops) {
+        char missing[96] = "";
+        if (!(d->subgroup_operations & VK_SUBGROUP_FEATURE_BASIC_BIT)) strcat(missing, " basic");
+        if (!(d->subgroup_operations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT)) strcat(missing, " arithmetic");
+        if (!(d->subgroup_operations & VK_SUBGROUP_FEATURE_BALLOT_BIT)) strcat(missing, " ballot");
+        return ec_fail(EC_ERR_NO_DEVICE, "%s lacks subgroup operations in compute shaders that eyecare needs:%s "
+                       "(VkPhysicalDeviceSubgroupProperties.supportedOperations; docs/devices.md)", d->name, missing);
+    }
+    if (d->subgroup_size < 4 || d->subgroup_size > 128)
+        return ec_fail(EC_ERR_NO_DEVICE, "%s has a subgroup size of %u; eyecare's reductions need 4 to 128", d->name, d->subgroup_size);
+    uint32_t widest = ec_cpu_shapes(ctx) ? (d->subgroup_size > 64 ? d->subgroup_size : 64) : EC_MAX_WIDTH;
+    if (l->maxComputeWorkGroupInvocations < widest || l->maxComputeWorkGroupSize[0] < widest)
+        return ec_fail(EC_ERR_NO_DEVICE, "%s allows %u invocations per workgroup (x up to %u); eyecare's kernels use %u",
+                       d->name, l->maxComputeWorkGroupInvocations, l->maxComputeWorkGroupSize[0], widest);
+    if (l->maxComputeSharedMemorySize < EC_SHARED_BYTES)
+        return ec_fail(EC_ERR_NO_DEVICE, "%s has %u bytes of shared memory per workgroup; eyecare's kernels use %u",
+                       d->name, l->maxComputeSharedMemorySize, EC_SHARED_BYTES);
+    uint32_t push = 0;
+    for (int i = 0; i < ec_kernel_count; i++)
+        if (ec_kernels[i].push_size > push) push = ec_kernels[i].push_size;
+    if (l->maxPushConstantsSize < push)
+        return ec_fail(EC_ERR_NO_DEVICE, "%s allows %u bytes of push constants; eyecare's kernels use %u", d->name,
+                       l->maxPushConstantsSize, push);
+    if (l->maxComputeWorkGroupCount[0] < 65535 || l->maxComputeWorkGroupCount[1] < 65535 || l->maxComputeWorkGroupCount[2] < 65535)
+        return ec_fail(EC_ERR_NO_DEVICE, "%s allows fewer than 65535 work groups per dimension", d->name);
+    if (l->maxTexelBufferElements < 65536)
+        return ec_fail(EC_ERR_NO_DEVICE, "%s has maxTexelBufferElements %u, under the Vulkan minimum of 65536", d->name,
+                       l->maxTexelBufferElements);
+    return EC_OK;
+}
+
+/* How many dispatches go in one submit. Display drivers kill a submit that runs for more than a couple of
+ * seconds (Windows TDR, i915 hangcheck): on GPUs a long batch (a whole prefill, a vision pass) goes in
+ * pieces; lavapipe has no watchdog. EYECARE_SUBMIT_DISPATCHES overrides (0: never split). */
+static ec_status choose_submit_size(ec_context *ctx)
+{
+    ctx->submit_every = strcmp(ctx->info.type, "cpu") == 0 ? 0 : 512;
+    if (ctx->emulate & EC_EMULATE_SPLIT_SUBMITS) ctx->submit_every = 4;
+    const char *text = getenv("EYECARE_SUBMIT_DISPATCHES");
+    if (text && *text) {
+        char *end;
+        long v = strtol(text, &end, 10);
+        if (*end || v < 0 || v > 1000000)
+            return ec_fail(EC_ERR_ARG, "EYECARE_SUBMIT_DISPATCHES=%s is not a count of dispatches (0 for no limit)", text);
+        ctx->submit_every = (uint32_t)v;
+    }
+    return EC_OK;
+}
+
+int ec_cpu_shapes(const ec_context *ctx)
+{
+    return strcmp(ctx->info.type, "cpu") == 0 && !(ctx->emulate & EC_EMULATE_GPU_WORKGROUPS);
+}
+uint32_t ec_reduce_width(const ec_context *ctx) { return ec_cpu_shapes(ctx) ? ctx->info.subgroup_size : EC_MAX_WIDTH; }
+uint32_t ec_pointwise_width(const ec_context *ctx) { return ec_cpu_shapes(ctx) ? 64 : EC_MAX_WIDTH; }
+uint32_t ec_grid_limit(const ec_context *ctx) { return ec_cpu_shapes(ctx) ? 64 : 65535; }
+
 ec_status ec_context_create(const char *selector, int validation, uint64_t budget, ec_context **out)
 {
     *out = NULL;
@@ -586,14 +779,20 @@ ec_status ec_context_create(const char *selector, int validation, uint64_t budge
         vkCreateDebugUtilsMessengerEXT(ctx->instance, &mi, NULL, &ctx->messenger);
     }
     if ((s = choose_device(ctx->instance, selector, &ctx->physical))) goto fail;
+    if ((s = parse_emulation(ctx))) goto fail;
     describe_device(ctx->physical, &ctx->info);
     VkPhysicalDeviceProperties props;
     vkGetPhysicalDeviceProperties(ctx->physical, &props);
     ctx->limits = props.limits;
-    if (!ctx->info.push_descriptor) {
-        s = ec_fail(EC_ERR_NO_DEVICE, "%s lacks VK_KHR_push_descriptor, which eyecare needs", ctx->info.name);
-        goto fail;
+    if (ctx->emulate & EC_EMULATE_SMALL_LIMITS) {
+        /* Limits some devices report (Mali: 2^16 texels; many mobile GPUs: 128 MiB storage ranges), scaled so
+         * that the tests' small tensors already take the splitting paths. */
+        if (ctx->limits.maxTexelBufferElements > (1u << 20)) ctx->limits.maxTexelBufferElements = 1u << 20;
+        if (ctx->limits.maxStorageBufferRange > (16u << 20)) ctx->limits.maxStorageBufferRange = 16u << 20;
+        ctx->info.max_texel_buffer_elements = ctx->limits.maxTexelBufferElements;
+        ctx->info.max_storage_buffer_range = ctx->limits.maxStorageBufferRange;
     }
+    if ((s = check_requirements(ctx))) goto fail;
 
     uint32_t nfam = 0;
     vkGetPhysicalDeviceQueueFamilyProperties(ctx->physical, &nfam, NULL);
@@ -606,8 +805,7 @@ ec_status ec_context_create(const char *selector, int validation, uint64_t budge
     if (family < 0) { s = ec_fail(EC_ERR_NO_DEVICE, "%s has no compute queue", ctx->info.name); goto fail; }
     ctx->queue_family = (uint32_t)family;
 
-    /* Features the shaders rely on: 16-bit storage for half-precision activations where used, and
-     * subgroup arithmetic (core in 1.1) for reductions. */
+    /* Optional features, enabled where present: 16-bit storage and float16 arithmetic. */
     VkPhysicalDeviceVulkan11Features f11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES};
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &f11};
     VkPhysicalDeviceFeatures2 supported = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
@@ -620,9 +818,11 @@ ec_status ec_context_create(const char *selector, int validation, uint64_t budge
     float priority = 1.0f;
     VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = ctx->queue_family,
                                   .queueCount = 1, .pQueuePriorities = &priority};
-    const char *extensions[] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
+    /* A portability implementation (MoltenVK) must be told that eyecare knows it is one. */
+    const char *extensions[2] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME, "VK_KHR_portability_subset"};
+    uint32_t n_ext = device_has_extension(ctx->physical, "VK_KHR_portability_subset") ? 2 : 1;
     VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = &want, .queueCreateInfoCount = 1,
-                             .pQueueCreateInfos = &qi, .enabledExtensionCount = 1, .ppEnabledExtensionNames = extensions};
+                             .pQueueCreateInfos = &qi, .enabledExtensionCount = n_ext, .ppEnabledExtensionNames = extensions};
     VkResult r = vkCreateDevice(ctx->physical, &di, NULL, &ctx->device);
     if (r != VK_SUCCESS) { s = ec_fail(EC_ERR_NO_DEVICE, "vkCreateDevice failed on %s (VkResult %d)", ctx->info.name, r); goto fail; }
     vkGetDeviceQueue(ctx->device, ctx->queue_family, 0, &ctx->queue);
@@ -637,8 +837,11 @@ ec_status ec_context_create(const char *selector, int validation, uint64_t budge
     VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     VkPipelineCacheCreateInfo pci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
     VkQueryPoolCreateInfo qpi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO, .queryType = VK_QUERY_TYPE_TIMESTAMP, .queryCount = 2};
+    ctx->cmds = calloc(1, sizeof *ctx->cmds);
+    if (!ctx->cmds) { s = ec_fail(EC_ERR_OOM, "out of host memory"); goto fail; }
+    ctx->n_cmds = 1;
     if (vkCreateCommandPool(ctx->device, &pi, NULL, &ctx->command_pool) != VK_SUCCESS ||
-        (cai.commandPool = ctx->command_pool, vkAllocateCommandBuffers(ctx->device, &cai, &ctx->cmd) != VK_SUCCESS) ||
+        (cai.commandPool = ctx->command_pool, vkAllocateCommandBuffers(ctx->device, &cai, &ctx->cmds[0]) != VK_SUCCESS) ||
         vkCreateFence(ctx->device, &fi, NULL, &ctx->fence) != VK_SUCCESS ||
         vkCreatePipelineCache(ctx->device, &pci, NULL, &ctx->pipeline_cache) != VK_SUCCESS) {
         s = ec_fail(EC_ERR_DEVICE, "creating the command pool, fence or pipeline cache failed on %s", ctx->info.name);
@@ -646,8 +849,10 @@ ec_status ec_context_create(const char *selector, int validation, uint64_t budge
     }
     if (fam[ctx->queue_family].timestampValidBits && props.limits.timestampComputeAndGraphics)
         vkCreateQueryPool(ctx->device, &qpi, NULL, &ctx->timestamps);
+    ctx->cmd = ctx->cmds[0];
     ctx->layouts = calloc((size_t)ec_kernel_count, sizeof *ctx->layouts);
     if (!ctx->layouts) { s = ec_fail(EC_ERR_OOM, "out of host memory"); goto fail; }
+    if ((s = choose_submit_size(ctx))) goto fail;
     *out = ctx;
     return EC_OK;
 fail:
@@ -666,7 +871,8 @@ void ec_context_destroy(ec_context *ctx)
             if (ctx->layouts[i].set_layout) vkDestroyDescriptorSetLayout(ctx->device, ctx->layouts[i].set_layout, NULL);
         }
         for (ec_block *b = ctx->blocks, *n; b; b = n) { n = b->next; destroy_block(ctx, b); }
-        if (ctx->staging.block) destroy_block(ctx, ctx->staging.block);
+        if (ctx->staging_up.block) destroy_block(ctx, ctx->staging_up.block);
+        if (ctx->staging_down.block) destroy_block(ctx, ctx->staging_down.block);
         if (ctx->timestamps) vkDestroyQueryPool(ctx->device, ctx->timestamps, NULL);
         if (ctx->pipeline_cache) vkDestroyPipelineCache(ctx->device, ctx->pipeline_cache, NULL);
         if (ctx->fence) vkDestroyFence(ctx->device, ctx->fence, NULL);
@@ -676,6 +882,8 @@ void ec_context_destroy(ec_context *ctx)
     if (ctx->messenger) vkDestroyDebugUtilsMessengerEXT(ctx->instance, ctx->messenger, NULL);
     if (ctx->instance) vkDestroyInstance(ctx->instance, NULL);
     free(ctx->layouts);
+    free(ctx->cmds);
+    free(ctx->pending);
     pthread_mutex_destroy(&ctx->lock);
     free(ctx);
 }
@@ -683,31 +891,95 @@ void ec_context_destroy(ec_context *ctx)
 /* ------------------------------------------------------------------------------------------------
  * Batches */
 
-ec_status ec_batch_begin(ec_context *ctx)
+static ec_status device_lost(ec_context *ctx)
 {
-    if (ctx->recording) return EC_OK;
+    ctx->lost = 1;
+    return ec_fail(EC_ERR_DEVICE, "the Vulkan device %s was lost (VK_ERROR_DEVICE_LOST: a GPU hang, a driver reset or a "
+                   "watchdog ending a long submit); the work in flight is lost and this process cannot use the device again: "
+                   "restart it (a long batch can be submitted in pieces with EYECARE_SUBMIT_DISPATCHES)", ctx->info.name);
+}
+
+static ec_status begin_piece(ec_context *ctx)
+{
+    if (ctx->piece >= ctx->n_cmds) {
+        VkCommandBuffer *more = realloc(ctx->cmds, (ctx->n_cmds + 1) * sizeof *more);
+        if (!more) return ec_fail(EC_ERR_OOM, "out of host memory");
+        ctx->cmds = more;
+        VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = ctx->command_pool,
+                                           .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1};
+        if (vkAllocateCommandBuffers(ctx->device, &cai, &ctx->cmds[ctx->n_cmds]) != VK_SUCCESS)
+            return ec_fail(EC_ERR_DEVICE, "vkAllocateCommandBuffers failed");
+        ctx->n_cmds++;
+    }
+    ctx->cmd = ctx->cmds[ctx->piece];
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
                                    .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
     if (vkBeginCommandBuffer(ctx->cmd, &bi) != VK_SUCCESS) return ec_fail(EC_ERR_DEVICE, "vkBeginCommandBuffer failed");
+    ctx->piece_dispatches = 0;
+    return EC_OK;
+}
+
+ec_status ec_batch_begin(ec_context *ctx)
+{
+    if (ctx->recording) return EC_OK;
+    if (ctx->lost) return ec_fail(EC_ERR_DEVICE, "the Vulkan device %s was lost earlier; restart the process", ctx->info.name);
+    ctx->piece = 0;
+    EC_TRY(begin_piece(ctx));
     if (ctx->timestamps) {
         vkCmdResetQueryPool(ctx->cmd, ctx->timestamps, 0, 2);
         vkCmdWriteTimestamp(ctx->cmd, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, ctx->timestamps, 0);
     }
     ctx->recording = 1;
     ctx->dispatches = 0;
+    ctx->n_pending = 0;
+    ctx->batch_wrote = 0;
     return EC_OK;
+}
+
+/* Ends the piece being recorded and submits it, with the fence when it is the last one. Pieces are
+ * executed in submission order; the barriers of later pieces cover the commands of earlier ones. */
+static VkResult submit_piece(ec_context *ctx, int last)
+{
+    if (vkEndCommandBuffer(ctx->cmd) != VK_SUCCESS) return VK_ERROR_UNKNOWN;
+    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &ctx->cmd};
+    ctx->counters.submits++;
+    return vkQueueSubmit(ctx->queue, 1, &si, last ? ctx->fence : VK_NULL_HANDLE);
+}
+
+/* Called by ec_dispatch after each dispatch: once a piece holds submit_every dispatches it is submitted
+ * (without waiting) and the batch goes on in a new command buffer. */
+static ec_status maybe_split(ec_context *ctx)
+{
+    if (!ctx->submit_every || ctx->piece_dispatches < ctx->submit_every) return EC_OK;
+    VkResult r = submit_piece(ctx, 0);
+    if (r == VK_ERROR_DEVICE_LOST) return device_lost(ctx);
+    if (r != VK_SUCCESS) return ec_fail(EC_ERR_DEVICE, "submitting a piece of the work failed on %s (VkResult %d)", ctx->info.name, r);
+    ctx->piece++;
+    return begin_piece(ctx);
 }
 
 ec_status ec_batch_submit(ec_context *ctx)
 {
     if (!ctx->recording) return EC_OK;
     ctx->recording = 0;
+    if (ctx->batch_wrote) {
+        /* What the batch wrote becomes visible to the host (ec_read after the fence) and to every later batch
+         * (the second scope of a barrier covers all later commands on the queue). */
+        VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                              .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+                              .dstAccessMask = VK_ACCESS_HOST_READ_BIT | VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
+                                               VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT};
+        vkCmdPipelineBarrier(ctx->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                             VK_PIPELINE_STAGE_HOST_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                             0, 1, &mb, 0, NULL, 0, NULL);
+    }
     if (ctx->timestamps) vkCmdWriteTimestamp(ctx->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, ctx->timestamps, 1);
-    if (vkEndCommandBuffer(ctx->cmd) != VK_SUCCESS) return ec_fail(EC_ERR_DEVICE, "vkEndCommandBuffer failed");
-    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &ctx->cmd};
     vkResetFences(ctx->device, 1, &ctx->fence);
-    VkResult r = vkQueueSubmit(ctx->queue, 1, &si, ctx->fence);
+    VkResult r = submit_piece(ctx, 1);
     if (r == VK_SUCCESS) r = vkWaitForFences(ctx->device, 1, &ctx->fence, VK_TRUE, UINT64_MAX);
+    else if (ctx->piece > 0) vkQueueWaitIdle(ctx->queue); /* earlier pieces may still run */
+    ctx->n_pending = 0;
+    if (r == VK_ERROR_DEVICE_LOST) return device_lost(ctx);
     if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
         return ec_fail(EC_ERR_OOM, "the device ran out of memory executing the work (VkResult %d)", r);
     if (r != VK_SUCCESS) return ec_fail(EC_ERR_DEVICE, "executing the work failed on %s (VkResult %d)", ctx->info.name, r);
@@ -723,12 +995,123 @@ void ec_batch_abort(ec_context *ctx)
 {
     if (!ctx->recording) return;
     vkEndCommandBuffer(ctx->cmd);
-    vkResetCommandBuffer(ctx->cmd, 0);
+    /* Pieces already submitted run to the end before their command buffers can be reset. */
+    if (ctx->piece > 0 && vkQueueWaitIdle(ctx->queue) == VK_ERROR_DEVICE_LOST) ctx->lost = 1;
+    for (uint32_t i = 0; i <= ctx->piece && i < ctx->n_cmds; i++) vkResetCommandBuffer(ctx->cmds[i], 0);
     ctx->recording = 0;
+    ctx->n_pending = 0;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Barriers from the ranges each command reads and writes. The accesses since the last barrier are kept;
+ * a new command that reads or writes a range an earlier one wrote, or writes a range an earlier one read,
+ * gets one barrier from the stages of those accesses to its own stage, and the list starts again. */
+
+static int overlaps(const ec_access *a, const ec_access *b)
+{
+    return a->buffer == b->buffer && a->begin < b->end && b->begin < a->end;
+}
+
+/* Records the barrier that `accesses` (one command's) need, then adds them to the pending list. The barrier
+ * covers every pending access, not only the conflicting ones, so that the list can start again empty: its
+ * source is the stages and writes of everything since the last barrier, its destination every later compute
+ * and transfer command. */
+static ec_status track(ec_context *ctx, const ec_access *accesses, uint32_t n)
+{
+    int hazard = 0;
+    for (uint32_t i = 0; i < n && !hazard; i++)
+        for (uint32_t j = 0; j < ctx->n_pending && !hazard; j++)
+            hazard = (ctx->pending[j].write || accesses[i].write) && overlaps(&accesses[i], &ctx->pending[j]);
+    if (hazard) {
+        VkPipelineStageFlags src = 0;
+        VkAccessFlags src_access = 0;
+        for (uint32_t j = 0; j < ctx->n_pending; j++) {
+            const ec_access *p = &ctx->pending[j];
+            src |= p->stage;
+            if (p->write) src_access |= p->stage == VK_PIPELINE_STAGE_TRANSFER_BIT ? VK_ACCESS_TRANSFER_WRITE_BIT : VK_ACCESS_SHADER_WRITE_BIT;
+        }
+        VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = src_access,
+                              .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
+                                               VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT};
+        /* Only reads pending (a write after read): an execution dependency is enough. */
+        vkCmdPipelineBarrier(ctx->cmd, src, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT, 0,
+                             src_access ? 1 : 0, &mb, 0, NULL, 0, NULL);
+        ctx->counters.barriers++;
+        ctx->n_pending = 0;
+    }
+    if (ctx->n_pending + n > ctx->cap_pending) {
+        uint32_t cap = (ctx->n_pending + n) * 2;
+        ec_access *more = realloc(ctx->pending, cap * sizeof *more);
+        if (!more) return ec_fail(EC_ERR_OOM, "out of host memory");
+        ctx->pending = more;
+        ctx->cap_pending = cap;
+    }
+    memcpy(ctx->pending + ctx->n_pending, accesses, n * sizeof *accesses);
+    ctx->n_pending += n;
+    ctx->batch_wrote = 1;
+    return EC_OK;
+}
+
+ec_status ec_fill_zero(ec_context *ctx, VkBuffer buffer, VkDeviceSize offset, VkDeviceSize size)
+{
+    EC_TRY(ec_batch_begin(ctx));
+    ec_access a = {buffer, offset, offset + size, 1, VK_PIPELINE_STAGE_TRANSFER_BIT};
+    EC_TRY(track(ctx, &a, 1));
+    vkCmdFillBuffer(ctx->cmd, buffer, offset, size, 0);
+    ctx->counters.fills++;
+    return EC_OK;
 }
 
 /* ------------------------------------------------------------------------------------------------
  * Pipelines and dispatch */
+
+/* Which storage-buffer bindings a shader may write, read from its SPIR-V: those whose variable or block is
+ * not decorated NonWritable (GLSL readonly). Texel buffers are read-only. Knowing it from the shader itself,
+ * no table can drift from what the kernel does. */
+static ec_status written_bindings(const ec_kernel_def *k, uint32_t *writes, int *reduces)
+{
+    const uint32_t *w = k->spirv;
+    size_t n = k->spirv_bytes / 4;
+    if (n < 5 || w[0] != 0x07230203u) return ec_fail(EC_ERR_DEVICE, "kernel %s: not SPIR-V", k->name);
+    uint32_t bound = w[3];
+    /* per id: binding + 1 (0: none), NonWritable, pointee type (for pointers), pointer type (for variables) */
+    uint32_t *binding = calloc(bound, sizeof *binding), *readonly = calloc(bound, sizeof *readonly);
+    uint32_t *pointee = calloc(bound, sizeof *pointee), *var_type = calloc(bound, sizeof *var_type);
+    uint32_t *storage = calloc(bound, sizeof *storage);
+    if (!binding || !readonly || !pointee || !var_type || !storage) {
+        free(binding); free(readonly); free(pointee); free(var_type); free(storage);
+        return ec_fail(EC_ERR_OOM, "out of host memory");
+    }
+    enum { OpTypePointer = 32, OpVariable = 59, OpDecorate = 71, OpMemberDecorate = 72, OpControlBarrier = 224,
+           NonWritable = 24, Binding = 33, StorageBuffer = 12, Uniform = 2 };
+    *reduces = 0;
+    for (size_t i = 5; i < n;) {
+        uint32_t op = w[i] & 0xffff, len = w[i] >> 16;
+        if (len == 0 || i + len > n) break;
+        if (op == OpControlBarrier) *reduces = 1; /* a workgroup reduction through shared memory (common.glsl) */
+        if (op == OpDecorate && len >= 3 && w[i + 1] < bound) {
+            if (w[i + 2] == Binding && len >= 4) binding[w[i + 1]] = w[i + 3] + 1;
+            if (w[i + 2] == NonWritable) readonly[w[i + 1]] = 1;
+        } else if (op == OpMemberDecorate && len >= 4 && w[i + 1] < bound && w[i + 3] == NonWritable) {
+            readonly[w[i + 1]] = 1;
+        } else if (op == OpTypePointer && len >= 4 && w[i + 1] < bound) {
+            pointee[w[i + 1]] = w[i + 3];
+        } else if (op == OpVariable && len >= 4 && w[i + 2] < bound) {
+            var_type[w[i + 2]] = w[i + 1];
+            storage[w[i + 2]] = w[i + 3];
+        }
+        i += len;
+    }
+    *writes = 0;
+    for (uint32_t id = 0; id < bound; id++) {
+        if (!binding[id] || (storage[id] != StorageBuffer && storage[id] != Uniform)) continue;
+        uint32_t ptr = var_type[id], block = ptr < bound ? pointee[ptr] : 0;
+        int ro = readonly[id] || (block < bound && readonly[block]);
+        if (!ro && binding[id] - 1 < 32 && k->bindings[binding[id] - 1] == 'S') *writes |= 1u << (binding[id] - 1);
+    }
+    free(binding); free(readonly); free(pointee); free(var_type); free(storage);
+    return EC_OK;
+}
 
 static ec_status kernel_layout(ec_context *ctx, int kernel, ec_kernel_layout **out)
 {
@@ -751,6 +1134,7 @@ static ec_status kernel_layout(ec_context *ctx, int kernel, ec_kernel_layout **o
             return ec_fail(EC_ERR_DEVICE, "creating the pipeline layout of kernel %s failed", k->name);
         l->name = k->name;
         l->bindings = k->bindings;
+        EC_TRY(written_bindings(k, &l->writes, &l->reduces));
         l->push_size = k->push_size;
     }
     *out = l;
@@ -801,6 +1185,7 @@ ec_status ec_dispatch(ec_context *ctx, ec_pipeline *p, const ec_binding *binding
     uint32_t n = (uint32_t)strlen(l->bindings);
     VkWriteDescriptorSet writes[16];
     VkDescriptorBufferInfo infos[16];
+    ec_access accesses[16];
     for (uint32_t i = 0; i < n; i++) {
         writes[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstBinding = i, .descriptorCount = 1};
         if (l->bindings[i] == 'T') {
@@ -811,16 +1196,17 @@ ec_status ec_dispatch(ec_context *ctx, ec_pipeline *p, const ec_binding *binding
             writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
             writes[i].pBufferInfo = &infos[i];
         }
+        accesses[i] = (ec_access){bindings[i].buffer, bindings[i].offset, bindings[i].offset + bindings[i].range,
+                                  (l->writes >> i) & 1, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT};
     }
+    EC_TRY(track(ctx, accesses, n));
     vkCmdBindPipeline(ctx->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, p->pipeline);
     ctx->push_descriptor_set(ctx->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, l->layout, 0, n, writes);
     if (l->push_size) vkCmdPushConstants(ctx->cmd, l->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, l->push_size, push);
     vkCmdDispatch(ctx->cmd, gx, gy, gz);
-    /* Every dispatch may depend on the one before: a full compute barrier keeps that simple and,
-     * on lavapipe, costs nothing next to the dispatch itself. */
-    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
-                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
-    vkCmdPipelineBarrier(ctx->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
     ctx->dispatches++;
-    return EC_OK;
+    ctx->piece_dispatches++;
+    ctx->counters.dispatches++;
+    if (p->spec[0] > ctx->info.subgroup_size && l->reduces) ctx->counters.multi_subgroup_dispatches++;
+    return maybe_split(ctx);
 }
