@@ -447,3 +447,31 @@ def test_cli_convert_quantize_and_info(quantized_tiny, tmp_path, capsys):
     assert "need --quantize" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "y"), "--checkpoint", str(tmp_path / "q8"), "--quantize", "int4"]) == 1
     assert "already quantized" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode,counter", [(None, None), ("small-limits", "split_views"),
+                                          ("gpu-workgroups", "multi_subgroup_dispatches"),
+                                          ("discrete-memory", "staging_copies")])
+def test_quantized_kernels_under_the_emulation_modes(mode, counter):
+    """Weights past the texel reach (small-limits: 16 MiB) are read in pieces of rows, workgroups of several
+    subgroups (gpu-workgroups) and staged uploads of both parts (discrete-memory) give the same products."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, EYECARE_VALIDATE="1", PYTHONPATH=os.pathsep.join([os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
+    env.pop("EYECARE_EMULATE", None)
+    if mode:
+        env["EYECARE_EMULATE"] = mode
+    run = subprocess.run([sys.executable, os.path.join(here, "quantize_probe.py")], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["validation_messages"] == 0
+    assert len(result["errors"]) == 4 and max(result["errors"].values()) < 2e-5, result["errors"]
+    if counter:
+        assert result["counters"][counter] > 0
+    else:
+        assert result["counters"]["split_views"] == 0
