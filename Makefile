@@ -30,6 +30,7 @@ bench: deps
 	$(PYTHON) benchmarks/ops.py
 	$(PYTHON) benchmarks/vision.py --layers 3
 	$(PYTHON) benchmarks/llm.py
+	$(PYTHON) benchmarks/data.py
 
 deps: system-deps python-deps
 

@@ -137,19 +137,19 @@ def build(manifest_path, out_dir, *, taxonomies: dict, agents=None, seed: int = 
     latest = {row["id"]: row for row in read_rows(state, repair=True, what="case", error=DataError)}
     wanted = {c.id: _fingerprint(c, settings) for c in cases}
     done = {cid for cid, row in latest.items() if wanted.get(cid) == row.get("fingerprint")}
-    todo = [c for c in cases if c.id not in done]
-    stale = sum(1 for c in todo if c.id in latest)
+    pending = [c for c in cases if c.id not in done]
+    stale = sum(1 for c in pending if c.id in latest)
     if done or stale:
         say(f"eyecare data: resuming {out}: {len(done)} case(s) already done"
             + (f", {stale} made again because their row or the settings changed" if stale else ""))
     generated = 0
-    bar = tqdm(total=len(cases), initial=len(cases) - len(todo), disable=not progress, unit="case",
+    bar = tqdm(total=len(cases), initial=len(cases) - len(pending), disable=not progress, unit="case",
                desc="eyecare data", file=sys.stderr)
     try:
         if agents is None or concurrency == 1:
-            results = ((c, _generate(c, taxonomies[c.modality], settings, agents), None) for c in todo)
+            results = ((c, _generate(c, taxonomies[c.modality], settings, agents), None) for c in pending)
         else:
-            results = parallel(lambda c: _generate(c, taxonomies[c.modality], settings, agents), todo, concurrency)
+            results = parallel(lambda c: _generate(c, taxonomies[c.modality], settings, agents), pending, concurrency)
         for case, row, exc in results:
             if exc is not None:
                 if isinstance(exc, EndpointError):

@@ -52,7 +52,9 @@ def deduplicate(items: list, threshold: float = 0.9) -> tuple:
         answer = _norm(item["answer"])
         options = tuple(_norm(o) for o in item.get("options") or ())
         text = _norm(item["question"]) + " | " + answer
-        grams, content = _grams(text), _content(item["question"])
+        # Closed questions are never matched by similarity: their 3-grams are not needed.
+        grams = _grams(text) if item["task"] != "closed" else frozenset()
+        content = _content(item["question"])
         reason = None
         for other in group:
             if other["text"] == text and other["options"] == options:
@@ -63,8 +65,10 @@ def deduplicate(items: list, threshold: float = 0.9) -> tuple:
             if (other["answer"], other["options"], other["content"]) == (answer, options, content):
                 reason = f"near duplicate of {other['id']} (same content words)"
                 break
+            if item["task"] == "closed":
+                continue
             score = similarity(grams, other["grams"])
-            if item["task"] != "closed" and score >= threshold:
+            if score >= threshold:
                 reason = f"near duplicate of {other['id']} (similarity {score:.2f})"
                 break
         if reason:

@@ -32,8 +32,14 @@ def _write(path: Path, text: str) -> None:
         raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+_RELATIVE: dict = {}
+
+
 def _refs(item: dict, out_dir: Path) -> list:
-    return [os.path.relpath(p, out_dir) for p in item["images"]]
+    # os.path.relpath is slow next to everything else written per item; each image is written many times.
+    key = str(out_dir)
+    return [_RELATIVE.get((key, p)) or _RELATIVE.setdefault((key, p), os.path.relpath(p, out_dir))
+            for p in item["images"]]
 
 
 def bench_row(item: dict, out_dir: Path) -> dict:
@@ -65,7 +71,9 @@ def write_split(out_dir: Path, name: str, items: list) -> list:
     jsonl = out_dir / f"{name}.jsonl"
     llava = out_dir / f"{name}.json"
     _write(jsonl, "".join(json.dumps(bench_row(i, out_dir), ensure_ascii=False) + "\n" for i in items))
-    _write(llava, json.dumps([llava_entry(i, out_dir) for i in items], indent=1, ensure_ascii=False) + "\n")
+    # One entry a line: a JSON array that is still readable and diffable, and fast to write.
+    entries = [json.dumps(llava_entry(i, out_dir), ensure_ascii=False) for i in items]
+    _write(llava, "[\n" + ",\n".join(entries) + "\n]\n" if entries else "[]\n")
     return [jsonl, llava]
 
 
