@@ -1,5 +1,9 @@
 # make demo : install what is missing, then run EyecareGPT on the sample images in examples/
-# make test : install what is missing, then run the whole test suite (validation layer on) and fuzz-smoke
+# make test : install what is missing, then run the whole test suite (validation layer on), the GPU paths
+#             (test-emulation, test-mesa25) and fuzz-smoke
+# make test-emulation: the GPU-path subset (tests/gpu_paths.txt) with EYECARE_EMULATE=all, then with 16-lane subgroups
+# make test-mesa25   : the GPU-path subset on Mesa 25.0's lavapipe (tools/mesa25.sh fetches it into build/mesa25)
+# make gpu-check     : on a machine with a real GPU: build, devices, op and model tests, benchmarks (tools/gpu_check.sh)
 # make bench: the throughput benchmarks (benchmarks/)
 # make fuzz      : each libFuzzer harness (fuzz/) for FUZZ_SECONDS, growing the corpus in build/fuzz/corpus
 # make fuzz-smoke: each harness for FUZZ_SMOKE_SECONDS from the checked-in seeds, after replaying fuzz/regressions
@@ -16,7 +20,12 @@ FUZZ_SECONDS ?= 600
 FUZZ_SMOKE_SECONDS ?= 25
 ASAN_TESTS ?= tests
 
-.PHONY: demo test bench deps system-deps python-deps build clean fuzz fuzz-smoke fuzz-deps test-asan
+.PHONY: demo test bench deps system-deps python-deps build clean fuzz fuzz-smoke fuzz-deps test-asan test-emulation \
+	test-mesa25 gpu-check
+
+# The subset of tests that covers every kernel at small sizes and both model families (and the vision tower): what
+# runs again in the emulation modes and on the second driver (docs/devices.md). pytest reads the ids from the file.
+GPU_PATH_TESTS := @tests/gpu_paths.txt
 
 demo: deps
 	$(PYTHON) -m eyecare.cli chat --image examples/bench/images/fundus.png --image examples/bench/images/oct.png \
@@ -24,7 +33,22 @@ demo: deps
 
 test: deps fuzz-deps
 	$(PYTHON) -m pytest -q
+	$(MAKE) test-emulation test-mesa25
 	$(MAKE) fuzz-smoke
+
+# Every GPU behaviour lavapipe can be made to show (docs/devices.md): discrete memory, GPU workgroups, small limits,
+# split submits all at once; then lavapipe's 16-lane subgroups (LP_NATIVE_VECTOR_WIDTH=512) besides its usual 8.
+test-emulation: deps
+	EYECARE_EMULATE=all $(PYTHON) -m pytest -q -p no:cacheprovider $(GPU_PATH_TESTS)
+	LP_NATIVE_VECTOR_WIDTH=512 $(PYTHON) -m pytest -q -p no:cacheprovider $(GPU_PATH_TESTS)
+
+# A second, newer driver (Mesa 25.0's lavapipe from Debian bookworm-backports, not installed: extracted into
+# build/mesa25 and selected with VK_ICD_FILENAMES), validation layer on.
+test-mesa25: deps
+	vars="$$(tools/mesa25.sh)" && env $$vars $(PYTHON) -m pytest -q -p no:cacheprovider $(GPU_PATH_TESTS)
+
+gpu-check:
+	tools/gpu_check.sh
 
 bench: deps
 	$(PYTHON) benchmarks/ops.py

@@ -35,6 +35,6 @@ void main()
             for (uint i = 1; i < gl_NumSubgroups; i++) idx = min(idx, wg_index[i]);
             barrier();
         }
-        if (lane == 0) o[row] = int(idx);
+        if (lane == 0) o[p.o_off + row] = int(idx);
     }
 }

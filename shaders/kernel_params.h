@@ -126,6 +126,7 @@ struct ec_pool2d_push {
 /* ---- argmax per row ---- */
 struct ec_argmax_push {
     EC_UINT rows, cols, x_off;
+    EC_UINT o_off;         /* output element of this dispatch's row 0 (rows past a storage binding go in chunks) */
 };
 #define EC_ARGMAX_SPEC(X)
 

@@ -89,6 +89,11 @@ xa[3, 10:] = -np.inf
 am = empty((4,), "int32")
 core.op_argmax(tensor(xa), am)
 errors["argmax"] = float(np.sum(am.numpy() != np.argmax(xa, -1)))
+# Logits of 30 rows over a 150000-token vocabulary (17.2 MiB): past small-limits' storage range, in row chunks.
+xl = rand(30, 150000)
+aml = empty((30,), "int32")
+core.op_argmax(tensor(xl), aml)
+errors["argmax_chunked"] = float(np.sum(aml.numpy() != np.argmax(xl, -1)))
 
 # A batch of dependent ops (each reads what the one before wrote), with a fill in the middle: the barriers, and
 # under split-submits a batch submitted in pieces.

@@ -14,7 +14,7 @@ import eyecare._core as core
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOLERANCE = {"matvec": 1e-5, "matmul": 1e-5, "matvec_unaligned": 1e-5, "embedding": 0.0, "attention": 1e-5,
-             "rmsnorm": 1e-5, "layernorm": 1e-5, "softmax": 1e-5, "argmax": 0.0, "chain": 0.0}
+             "rmsnorm": 1e-5, "layernorm": 1e-5, "softmax": 1e-5, "argmax": 0.0, "argmax_chunked": 0.0, "chain": 0.0}
 
 
 def probe(mode, **env):
@@ -39,11 +39,18 @@ def default():
     return probe(None)
 
 
-def test_default_mode_takes_none_of_the_emulated_paths(default):
+def test_default_mode_takes_the_device_s_own_paths(default):
     c, d = default["counters"], default["device"]
-    assert d["emulate"] == [] and d["host_visible_tensors"] is True
-    assert c["staging_copies"] == 0 and c["multi_subgroup_dispatches"] == 0 and c["split_views"] == 0
-    assert default["batch_submits"] == 1
+    assert d["emulate"] == []
+    if d["type"] == "cpu":
+        # lavapipe: mapped memory, one-subgroup workgroups, views that fit, one submit per batch
+        assert d["host_visible_tensors"] is True
+        assert c["staging_copies"] == 0 and c["multi_subgroup_dispatches"] == 0 and c["split_views"] == 0
+        assert default["batch_submits"] == 1
+    else:
+        # a GPU (make gpu-check): its real paths, the ones the emulation modes stand in for here
+        assert c["multi_subgroup_dispatches"] >= 4
+        assert d["host_visible_tensors"] or c["staging_copies"] >= 20
     # Barriers only where a dispatch depends on an earlier one: the chain of 12 adds on one tensor needs one
     # between each pair, but not one per dispatch of the whole probe.
     assert 12 <= c["barriers"] < c["dispatches"]
@@ -53,7 +60,7 @@ def test_discrete_memory_moves_every_tensor_through_staging():
     r = probe("discrete-memory")
     assert r["device"]["host_visible_tensors"] is False
     # every upload and download of the probe is a staged copy
-    assert r["counters"]["staging_copies"] >= 30
+    assert r["counters"]["staging_copies"] >= 20
 
 
 def test_gpu_workgroups_run_reductions_over_several_subgroups():
@@ -89,6 +96,10 @@ def test_unknown_mode_is_a_clear_error():
 
 def test_the_current_process_reports_its_mode():
     info = core.device_info()
+    if os.environ.get("LP_NATIVE_VECTOR_WIDTH") == "512" and info["name"].startswith("llvmpipe"):
+        assert info["subgroup_size"] == 16  # make test-emulation's second run: lavapipe's 16-lane subgroups
+    if "mesa25" in os.environ.get("VK_ICD_FILENAMES", ""):
+        assert info["api_version"].startswith("1.4.")  # make test-mesa25: Mesa 25's lavapipe, not the system's 22.3
     wanted = os.environ.get("EYECARE_EMULATE", "")
     if not wanted:
         assert info["emulate"] == []

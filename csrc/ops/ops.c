@@ -477,24 +477,25 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
     EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B * T - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));
     /* K and V past the texel reach: groups of whole sequences, each group's K/V through views that start at
      * its first sequence (a sequence's keys are never split between views). */
+    uint64_t esz = ec_dtype_size(a->k.t->dtype); /* k/v offsets and strides count elements of the cache's dtype */
     uint64_t seq_elems = (uint64_t)S * a->k.stride, group = (uint64_t)B;
     uint64_t span_k = (uint64_t)(S - 1) * a->k.stride + (uint64_t)Hkv * D; /* elements one sequence's K reaches */
     if (!ec_texel_fits(a->k.t) || !ec_texel_fits(a->v.t)) {
         uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
-        uint64_t usable = (ec_texel_reach(ctx) - align - 16) / 4;
+        uint64_t usable = (ec_texel_reach(ctx) - align - 16) / esz;
         if (span_k > usable)
             return ec_fail(EC_ERR_ARG, "attention: the keys of one sequence (%llu bytes) exceed the device's texel-buffer reach "
-                           "of %llu bytes", (unsigned long long)span_k * 4, (unsigned long long)ec_texel_reach(ctx));
+                           "of %llu bytes", (unsigned long long)(span_k * esz), (unsigned long long)ec_texel_reach(ctx));
         group = 1 + (usable - span_k) / seq_elems;
     }
     for (uint64_t b0 = 0; b0 < (uint64_t)B; b0 += group) {
         uint64_t n = (uint64_t)B - b0 < group ? (uint64_t)B - b0 : group, k_skip, v_skip;
         uint64_t len = (n - 1) * seq_elems + span_k;
-        EC_TRY(ec_bind_texel_range(a->k.t, (a->k.off + b0 * seq_elems) * 4, len * 4, &bind[1], &k_skip));
-        EC_TRY(ec_bind_texel_range(a->v.t, (a->v.off + b0 * seq_elems) * 4, len * 4, &bind[2], &v_skip));
+        EC_TRY(ec_bind_texel_range(a->k.t, (a->k.off + b0 * seq_elems) * esz, len * esz, &bind[1], &k_skip));
+        EC_TRY(ec_bind_texel_range(a->v.t, (a->v.off + b0 * seq_elems) * esz, len * esz, &bind[2], &v_skip));
         pc.b0 = (uint32_t)b0;
-        pc.k_off = (uint32_t)(k_skip / 4);
-        pc.v_off = (uint32_t)(v_skip / 4);
+        pc.k_off = (uint32_t)(k_skip / esz);
+        pc.v_off = (uint32_t)(v_skip / esz);
         EC_TRY(dispatch_attention(ctx, p, bind, &pc, (uint32_t)((T + width - 1) / width), (uint32_t)H, (uint32_t)n));
     }
     return EC_OK;
@@ -607,11 +608,18 @@ ec_status ec_op_argmax(ec_context *ctx, ec_tensor *x, ec_tensor *out)
     ec_pipeline *p;
     uint32_t width = reduce_width(ctx);
     EC_TRY(PIPELINE(argmax, &p, .width = width));
-    ec_binding bind[2];
-    struct ec_argmax_push pc = {.rows = (uint32_t)rows, .cols = (uint32_t)cols};
-    EC_TRY(bind_span(x, 0, (uint64_t)rows * cols, &bind[0], &pc.x_off));
-    EC_TRY(ec_bind_storage(out, &bind[1]));
-    return dispatch_argmax(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)rows, 1), 1, 1);
+    /* Rows of x past one storage binding (the logits of many rows over a large vocabulary) go in chunks. */
+    uint64_t chunk = rows_per_binding(ctx, (uint64_t)cols);
+    if (!chunk) return ec_fail(EC_ERR_ARG, "argmax: one row is larger than a storage binding");
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        int64_t n = rows - r0 < (int64_t)chunk ? rows - r0 : (int64_t)chunk;
+        ec_binding bind[2];
+        struct ec_argmax_push pc = {.rows = (uint32_t)n, .cols = (uint32_t)cols};
+        EC_TRY(bind_span(x, (uint64_t)r0 * cols, (uint64_t)n * cols, &bind[0], &pc.x_off));
+        EC_TRY(bind_span(out, (uint64_t)r0, (uint64_t)n, &bind[1], &pc.o_off));
+        EC_TRY(dispatch_argmax(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)n, 1), 1, 1));
+    }
+    return EC_OK;
 }
 
 ec_status ec_op_patchify(ec_context *ctx, ec_tensor *pixels, int patch, ec_tensor *out)
