@@ -12,7 +12,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := mesa-vulkan-drivers libvulkan-dev glslang-tools vulkan-validationlayers libstb-dev
+DEBIAN_PACKAGES := mesa-vulkan-drivers libvulkan-dev glslang-tools vulkan-validationlayers libstb-dev vulkan-tools
 
 # clang and its sanitizer/libFuzzer runtimes, for the fuzz harnesses; gcc's libasan (libgcc-12-dev) for test-asan.
 FUZZ_DEBIAN_PACKAGES := clang-14 libclang-rt-14-dev libstb-dev
@@ -58,7 +58,8 @@ bench: deps
 
 deps: system-deps python-deps
 
-# Debian's Vulkan loader, lavapipe (Vulkan on the CPU), the shader compiler, the validation layer, stb.
+# Debian's Vulkan loader, lavapipe (Vulkan on the CPU), the shader compiler, the validation layer, stb, and
+# vulkaninfo (vulkan-tools), which the tests compare eyecare.devices() with.
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -69,7 +70,7 @@ system-deps:
 # torch==2.13.0 first: that pin takes the CPU build (a looser one would pull a multi-GB CUDA build).
 python-deps:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[bench,data,test]"
+	$(PIP) install -q -e ".[bench,data,ray,test]"
 
 build:
 	$(PYTHON) setup.py build_ext --inplace

@@ -18,6 +18,8 @@ def cmd_devices(args) -> int:
         mem = d["memory_bytes"] / 2**30
         print(f"[{d['index']}] {d['name']}  ({d['type']}, Vulkan {d['api_version']}, {mem:.1f} GiB, "
               f"subgroup {d['subgroup_size']}, max storage binding {d['max_storage_buffer_range'] // 2**20} MiB)")
+        # The identity other APIs name a GPU by (nvidia-smi, Ray, ROCm): see eyecare/bench/device_map.py.
+        print(f"    uuid {d['uuid']}  pci {d['pci_bus_id'] or 'not reported'}")
     return 0
 
 

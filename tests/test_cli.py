@@ -37,6 +37,10 @@ def tiny(tmp_path_factory):
 def test_devices():
     result = run("devices")
     assert result.returncode == 0 and "[0]" in result.stdout
+    import eyecare
+
+    first = eyecare.devices()[0]
+    assert f"uuid {first['uuid']}  pci {first['pci_bus_id'] or 'not reported'}" in result.stdout
 
 
 def test_info(tiny):

@@ -200,6 +200,11 @@ def test_remote_endpoints_are_refused_without_allow_remote(tmp_path, capsys):
                  "--agents", "http://192.0.2.7:8000/v1"]) == 1
     assert "needs --allow-remote" in capsys.readouterr().err
     assert not out.exists()
+    # a loopback server that is not there: one line naming it, not a traceback
+    assert main(["data", "build", str(EXAMPLE / "manifest.csv"), "--out", str(out), "--no-progress",
+                 "--agents", "http://127.0.0.1:9/v1", "--retries", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "eyecare data: error: http://127.0.0.1:9/v1/models failed 1 times" in err and "nothing was made" in err
 
 
 def _build_command(manifest, out, url):

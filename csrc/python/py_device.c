@@ -46,17 +46,45 @@ ec_context *ec_py_context(void)
     return ctx;
 }
 
+/* The UUID in the usual 8-4-4-4-12 hex form (as vulkaninfo and nvidia-smi print it), the PCI address as
+ * DDDD:BB:DD.F (lspci -D), or None when the driver does not report it. */
+static PyObject *uuid_string(const uint8_t *u)
+{
+    char text[40];
+    char *p = text;
+    for (int i = 0; i < VK_UUID_SIZE; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) *p++ = '-';
+        p += snprintf(p, 3, "%02x", u[i]);
+    }
+    return PyUnicode_FromString(text);
+}
+
+static PyObject *pci_string(const ec_device_info *d)
+{
+    if (!d->has_pci) Py_RETURN_NONE;
+    char text[32];
+    snprintf(text, sizeof text, "%04x:%02x:%02x.%x", d->pci_domain, d->pci_bus, d->pci_device, d->pci_function);
+    return PyUnicode_FromString(text);
+}
+
+static void set_item(PyObject *d, const char *key, PyObject *value);
+
 static PyObject *info_dict(const ec_device_info *d)
 {
     char version[32];
     snprintf(version, sizeof version, "%u.%u.%u", VK_API_VERSION_MAJOR(d->api_version), VK_API_VERSION_MINOR(d->api_version),
              VK_API_VERSION_PATCH(d->api_version));
-    return Py_BuildValue("{s:s,s:s,s:I,s:I,s:s,s:K,s:I,s:I,s:I,s:I,s:I}", "name", d->name, "type", d->type,
+    PyObject *dict = Py_BuildValue("{s:s,s:s,s:I,s:I,s:s,s:K,s:I,s:I,s:I,s:I,s:I}", "name", d->name, "type", d->type,
                          "vendor_id", d->vendor_id, "device_id", d->device_id, "api_version", version,
                          "memory_bytes", (unsigned long long)d->memory_bytes, "subgroup_size", d->subgroup_size,
                          "max_storage_buffer_range", d->max_storage_buffer_range,
                          "max_texel_buffer_elements", d->max_texel_buffer_elements, "max_shared_memory", d->max_shared_memory,
                          "max_workgroup_invocations", d->max_workgroup_invocations);
+    if (dict) {
+        set_item(dict, "uuid", uuid_string(d->uuid));
+        set_item(dict, "pci_bus_id", pci_string(d));
+    }
+    return dict;
 }
 
 void ec_py_lock(ec_context *ctx)

@@ -118,11 +118,23 @@ static int device_has_extension(VkPhysicalDevice pd, const char *name)
 
 static void describe_device(VkPhysicalDevice pd, ec_device_info *info)
 {
-    VkPhysicalDeviceSubgroupProperties subgroup = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    /* The PCI structure may only be chained when the device offers the extension. */
+    int has_pci = device_has_extension(pd, VK_EXT_PCI_BUS_INFO_EXTENSION_NAME);
+    VkPhysicalDevicePCIBusInfoPropertiesEXT pci = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PCI_BUS_INFO_PROPERTIES_EXT};
+    VkPhysicalDeviceIDProperties id = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_ID_PROPERTIES,
+                                       .pNext = has_pci ? &pci : NULL};
+    VkPhysicalDeviceSubgroupProperties subgroup = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES,
+                                                   .pNext = &id};
     VkPhysicalDeviceProperties2 props = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &subgroup};
     vkGetPhysicalDeviceProperties2(pd, &props);
     const VkPhysicalDeviceProperties *p = &props.properties;
     memset(info, 0, sizeof *info);
+    memcpy(info->uuid, id.deviceUUID, VK_UUID_SIZE);
+    info->has_pci = has_pci;
+    info->pci_domain = pci.pciDomain;
+    info->pci_bus = pci.pciBus;
+    info->pci_device = pci.pciDevice;
+    info->pci_function = pci.pciFunction;
     snprintf(info->name, sizeof info->name, "%s", p->deviceName);
     const char *type = "other";
     switch (p->deviceType) {

@@ -88,6 +88,12 @@ typedef struct {
     uint32_t max_workgroup_invocations;
     uint32_t subgroup_operations;   /* VkSubgroupFeatureFlags supported in compute shaders */
     int push_descriptor;        /* VK_KHR_push_descriptor available */
+    /* Identity, for matching a Vulkan device to the GPU another API (CUDA, ROCm, a cluster scheduler) names:
+     * the deviceUUID (VkPhysicalDeviceIDProperties; equal to the CUDA/nvidia-smi GPU UUID on NVIDIA), and the PCI
+     * address where VK_EXT_pci_bus_info is present (has_pci = 0 otherwise, e.g. lavapipe). */
+    uint8_t uuid[VK_UUID_SIZE];
+    int has_pci;
+    uint32_t pci_domain, pci_bus, pci_device, pci_function;
 } ec_device_info;
 
 typedef struct ec_context {

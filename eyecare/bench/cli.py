@@ -70,11 +70,33 @@ def cmd_run(args) -> int:
     data, records, selected = _load_selection(args)
     if not selected:
         raise BenchError(f"{data}: no records match --tasks/--modalities/--limit")
-    model, name = load_model(args.model, args.model_factory)
+    if args.ray is None:
+        for option in ("workers", "gpus_per_worker"):
+            if getattr(args, option) is not None:
+                raise BenchError(f"--{option.replace('_', '-')} needs --ray")
+        model, name = load_model(args.model, args.model_factory)
+    else:
+        model, name = None, _ray_model_name(args)
     out_dir = Path(args.output) if args.output else Path("bench-results") / _slug(name)
     predictions = out_dir / PREDICTIONS
-    result = run(selected, model, predictions, model_name=name, batch_size=args.batch_size,
-                 progress=not args.no_progress, overwrite=args.overwrite)
+    if args.ray is None:
+        result = run(selected, model, predictions, model_name=name, batch_size=args.batch_size,
+                     progress=not args.no_progress, overwrite=args.overwrite)
+    else:
+        from .ray_runner import run_ray
+
+        result = run_ray(selected, predictions, model=args.model, factory=args.model_factory, model_name=name,
+                         batch_size=args.batch_size, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                         address=args.ray or None, progress=not args.no_progress, overwrite=args.overwrite)
+        for w in result.workers:
+            if w["host"] is None:
+                print(f"worker {w['worker']}: " + (f"gone: {w['error']}" if w["error"] else "not started when the "
+                                                   "run ended"))
+                continue
+            print(f"worker {w['worker']} on {w['host']}, {w['device']}: {w['records']} records, "
+                  f"{w['records_per_s']:.2f} records/s" + (f", restarted {len(w['pids']) - 1} times"
+                                                           if len(w["pids"]) > 1 else "")
+                  + (f", gone: {w['error']}" if w["error"] else ""))
     print(f"{result.total} records: {result.resumed} already done, {result.completed} predicted now, "
           f"{result.errors} model errors; predictions in {predictions}")
     if args.no_report:
@@ -85,6 +107,24 @@ def cmd_run(args) -> int:
     print(overall_table(report))
     print(f"report: {', '.join(str(p) for p in paths[:3])}" + (f" and {len(paths) - 3} charts" if len(paths) > 3 else ""))
     return 0
+
+
+def _ray_model_name(args) -> str:
+    """Check --model / --model-factory as load_model would, without loading: the workers load the model."""
+    from .errors import ModelLoadError
+    from .models import BUILTIN, model_name
+
+    if args.model and args.model_factory:
+        raise ModelLoadError("give --model or --model-factory, not both")
+    if not args.model and not args.model_factory:
+        raise ModelLoadError("no model given: pass --model DIR (an EyecareGPT checkpoint folder), "
+                             "--model-factory module:callable, or --model baseline:yes to try the harness")
+    if args.model and args.model not in BUILTIN:
+        if not Path(args.model).is_dir():
+            raise ModelLoadError(f"--model {args.model!r} is neither a checkpoint folder nor a built-in baseline "
+                                 f"({', '.join(BUILTIN)})")
+        args.model = str(Path(args.model).resolve())    # the workers may start in another folder
+    return model_name(args.model, args.model_factory)
 
 
 def cmd_report(args) -> int:
@@ -188,6 +228,13 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="records per model.generate() call when the model has one (default 8)")
     p.add_argument("--overwrite", action="store_true", help="discard existing predictions instead of resuming")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="answer on a Ray cluster: 'auto', ray://HOST:PORT or HOST:PORT of a running cluster, or no "
+                   "ADDRESS to start a local Ray on this machine (needs eyecare[ray]; see docs/bench.md)")
+    p.add_argument("--workers", type=int, metavar="N", help="with --ray: model copies, each a Ray actor (default: "
+                   "as many as the cluster's GPUs allow, 1 without GPUs)")
+    p.add_argument("--gpus-per-worker", type=float, metavar="G", help="with --ray: GPUs per worker, at most 1; a "
+                   "fraction shares a GPU (default 1 on a cluster with GPUs; 0 runs on the CPU through lavapipe)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="only write predictions")
     p.add_argument("--no-plots", action="store_true", help="write the report without charts")

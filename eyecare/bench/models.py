@@ -100,6 +100,15 @@ def _eyecare_class():
     return EyecareGPT, None
 
 
+def model_name(model: Optional[str] = None, factory: Optional[str] = None) -> str:
+    """The name load_model gives, without loading anything (a Ray driver names the run its workers load)."""
+    if factory:
+        return factory
+    if model in BUILTIN:
+        return _builtin(model).name
+    return Path(model).resolve().name if model else "bench"
+
+
 def load_model(model: Optional[str] = None, factory: Optional[str] = None):
     """Return (model, name) for `--model` (a checkpoint folder or a built-in baseline) or `--model-factory`."""
     if model and factory:

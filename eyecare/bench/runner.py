@@ -119,6 +119,39 @@ def _row(record: Record, model_name, text, error, latency_ms, timings, batch_siz
     }
 
 
+def write_predictions(records: Sequence[Record], predictions_path, answer, *, model_name: Optional[str] = None,
+                      overwrite: bool = False) -> RunResult:
+    """The one writer of a predictions file, shared by local runs (`run`) and Ray runs (`ray_runner`).
+
+    Opens `predictions_path` for appending (repairing a cut-off last line), refuses a file of another model or
+    dataset version, then calls `answer(pending, resumed)` with the records not yet in the file (in dataset order)
+    and how many are done. `answer` is a generator yielding `(record, (text, error, latency_ms, timings),
+    batch_size)` as answers come, in any order; each one is appended and flushed at once, so an interrupted
+    run keeps every answer already yielded. A second answer for a record already written is dropped, so the
+    file holds exactly one line per record whatever the caller retries.
+    """
+    path = Path(predictions_path)
+    out = AppendLog(path, overwrite=overwrite, what="prediction", error=OutputError)
+    errors = completed = 0
+    try:
+        rows = read_predictions(path, repair=True)
+        _check_resumable(rows, records, model_name, path)
+        done = {row["id"] for row in rows}
+        pending = [r for r in records if r.id not in done]
+        resumed = len(records) - len(pending)
+        wanted = {r.id for r in pending}
+        for record, (text, error, ms, timings), batch_size in answer(pending, resumed):
+            if record.id not in wanted:
+                continue
+            wanted.discard(record.id)
+            out.append(_row(record, model_name, text, error, ms, timings, batch_size))
+            errors += error is not None
+            completed += 1
+    finally:
+        out.close()
+    return RunResult(path=path, total=len(records), resumed=resumed, completed=completed, errors=errors)
+
+
 def run(records: Sequence[Record], model, predictions_path, *, model_name: Optional[str] = None,
         batch_size: int = 1, progress: bool = True, overwrite: bool = False) -> RunResult:
     """Predict every record not yet in `predictions_path`, in order, appending one line each.
@@ -129,31 +162,30 @@ def run(records: Sequence[Record], model, predictions_path, *, model_name: Optio
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    path = Path(predictions_path)
-    out = AppendLog(path, overwrite=overwrite, what="prediction", error=OutputError)
-    try:
-        rows = read_predictions(path, repair=True)
-        _check_resumable(rows, records, model_name, path)
-        done = {row["id"] for row in rows}
-        pending = [r for r in records if r.id not in done]
-        resumed = len(records) - len(pending)
-        errors = 0
+
+    def answer(pending, resumed):
         from tqdm.auto import tqdm  # core dependency; imported here to keep `import eyecare.bench` light
 
         # Without generate() a batch would only delay the writes, so chat models go one by one and
         # a kill loses at most the record in flight.
         step = batch_size if batch_size > 1 and callable(getattr(model, "generate", None)) else 1
-        with tqdm(total=len(records), initial=resumed, unit="rec", desc=model_name or "bench",
+        errors = 0
+        with tqdm(total=resumed + len(pending), initial=resumed, unit="rec", desc=model_name or "bench",
                   disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
             for start in range(0, len(pending), step):
                 batch = pending[start:start + step]
-                results = _ask_batch(model, batch) if step > 1 else [_ask_one(model, batch[0])]
-                for record, (text, error, ms, timings) in zip(batch, results):
-                    out.append(_row(record, model_name, text, error, ms, timings, len(batch)))
-                    errors += error is not None
+                results = ask(model, batch, step)
+                for record, result in zip(batch, results):
+                    yield record, result, len(batch)
+                    errors += result[1] is not None
                 bar.update(len(batch))
                 if errors:
                     bar.set_postfix(errors=errors)
-    finally:
-        out.close()
-    return RunResult(path=path, total=len(records), resumed=resumed, completed=len(pending), errors=errors)
+
+    return write_predictions(records, predictions_path, answer, model_name=model_name, overwrite=overwrite)
+
+
+def ask(model, batch: Sequence[Record], step: int) -> list:
+    """(text, error, latency_ms, timings) for each record of `batch`: through generate() when `step` > 1 (the
+    model has one), else chat(). Used by local runs and by each Ray worker."""
+    return _ask_batch(model, batch) if step > 1 else [_ask_one(model, r) for r in batch]

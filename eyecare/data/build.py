@@ -127,7 +127,10 @@ def build(manifest_path, out_dir, *, taxonomies: dict, agents=None, seed: int = 
     cases = manifest.cases
     if not cases:
         raise DataError(f"{manifest_path}: no valid row ({len(bad_rows)} bad)")
-    settings = _settings(seed, yes_no_per_case, open_per_case, agents)
+    try:
+        settings = _settings(seed, yes_no_per_case, open_per_case, agents)   # may ask a server for its model
+    except EndpointError as exc:
+        raise DataError(f"{exc}; nothing was made") from None
     if agents is not None:
         agents.open_per_case = open_per_case
     say(privacy_notice(None if agents is None else agents.endpoint, sum(1 for c in cases if c.report)))

@@ -50,7 +50,10 @@ def _agents(args):
     from ..endpoint import open_endpoint
     from .agents import Agents, load_prompts
 
-    endpoint = open_endpoint(args.agents, model=args.agents_model, allow_remote=args.allow_remote)
+    if args.retries < 0 or args.attempts < 1 or args.max_tokens < 1:
+        raise DataError("--retries must be >= 0, --attempts and --max-tokens >= 1")
+    options = {} if args.agents.startswith("local:") else {"max_retries": args.retries}
+    endpoint = open_endpoint(args.agents, model=args.agents_model, allow_remote=args.allow_remote, **options)
     return Agents(endpoint, load_prompts(args.prompts), seed=args.seed, open_per_case=args.open_per_case,
                   attempts=args.attempts, max_tokens=args.max_tokens)
 
@@ -105,6 +108,9 @@ def _add_commands(parser) -> None:
     p.add_argument("--concurrency", type=int, default=1, metavar="N", help="cases in flight at the endpoint (default 1)")
     p.add_argument("--attempts", type=int, default=3, metavar="N",
                    help="answers asked for until one is schema-valid JSON (default 3)")
+    p.add_argument("--retries", type=int, default=5, metavar="N",
+                   help="retries of a request that failed (429, 5xx, timeout, refused), with exponential backoff "
+                   "(default 5)")
     p.add_argument("--max-tokens", type=int, default=512, metavar="N", help="tokens per agent answer (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--yes-no-per-case", type=int, default=2, metavar="N",
