@@ -1,6 +1,6 @@
 """The device's measured peaks, the yardsticks every benchmark divides by:
 - copy bandwidth: a device kernel copying a 96 MiB buffer (bytes read + bytes written per second),
-  and the host's own memcpy through NumPy for comparison (DESIGN.md 4.3 uses the latter, ~80 GB/s);
+  and the host's own memcpy through NumPy for comparison (a single-threaded copy, which reads less than the cores together can);
 - FMA throughput: a register-only kernel of independent fused multiply-adds (shaders/peak_fma.comp).
 """
 import time

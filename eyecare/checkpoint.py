@@ -1,4 +1,4 @@
-"""The EyecareGPT checkpoint directory (DESIGN.md 2): its config.json, the tensor names of each part,
+"""The EyecareGPT checkpoint directory (docs/architecture.md, 2): its config.json, the tensor names of each part,
 and writing one (single file, or shards with an index) for the converter and `eyecare make-tiny`.
 
     config.json           model_type "eyecaregpt", vision_config, text_config, connector,
@@ -73,10 +73,12 @@ def siglip_tensors(vision_config: dict) -> dict[str, tuple]:
     return out
 
 
-def connector_tensors(vision_hidden: int, d_llm: int) -> dict[str, tuple]:
-    """The mlp2x_gelu projector: Linear(3 * vision width -> d_llm), GELU, Linear(d_llm -> d_llm)."""
+def connector_tensors(vision_hidden: int, d_llm: int, n_groups: int = len(CONNECTOR_DEFAULTS["groups"])) -> dict[str, tuple]:
+    """The mlp2x_gelu projector: Linear((1 + groups) * vision width -> d_llm), GELU, Linear(d_llm -> d_llm).
+    Its input is the Layer-wise Dense Connector's concatenation: the feature layer's hidden state and the
+    mean of each group of layers, each vision width wide (csrc/model/vision.c, width_in)."""
     p = CONNECTOR_PREFIX + "projector."
-    return {p + "0.weight": (d_llm, 3 * vision_hidden), p + "0.bias": (d_llm,),
+    return {p + "0.weight": (d_llm, (1 + n_groups) * vision_hidden), p + "0.bias": (d_llm,),
             p + "2.weight": (d_llm, d_llm), p + "2.bias": (d_llm,)}
 
 

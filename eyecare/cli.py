@@ -48,9 +48,9 @@ def cmd_info(args) -> int:
                 if name.startswith(prefix):
                     acc[0] += count
                     acc[1] += nbytes
-    kv_per_token = 2 * t["num_hidden_layers"] * t.get("num_key_value_heads", t["num_attention_heads"]) * \
-        (t["hidden_size"] // t["num_attention_heads"]) * 4
-    weights = sum(b for _, b in parts.values())
+    from .memory import device_memory
+
+    need = device_memory(args.model, max_context=args.max_context, max_batch=args.max_batch, max_views=args.max_views)
     print(f"EyecareGPT checkpoint: {args.model}")
     print(f"  vision   SigLIP {v['num_hidden_layers']} layers x {v['hidden_size']} ({v['num_attention_heads']} heads), "
           f"{v['image_size']} px views, patch {v['patch_size']}")
@@ -62,8 +62,11 @@ def cmd_info(args) -> int:
     for prefix, (count, nbytes) in parts.items():
         print(f"  {prefix:<16} {count / 1e6:10.1f} M parameters {nbytes / 2**20:10.1f} MiB")
     print(f"  dtypes   {', '.join(f'{k} x{n}' for k, n in sorted(dtypes.items()))}")
-    print(f"  device memory: {weights / 2**30:.2f} GiB of weights + {kv_per_token * 4096 / 2**30:.2f} GiB of "
-          f"KV cache for a 4096-token context (f32)")
+    mib = 2**20
+    print(f"  device memory with max_context {args.max_context}, max_batch {args.max_batch}, max_views {args.max_views}: "
+          f"{need.total / mib:.1f} MiB = weights {need.weights / mib:.1f} + KV cache {need.kv_cache / mib:.1f} + "
+          f"activations {need.activations / mib:.1f} + vision scratch {need.vision_scratch / mib:.1f} MiB "
+          f"(what max_device_memory= must allow; eyecare.memory says what each part counts)")
     from .quantize import VARIANTS, Quantization, model_weight_bytes
 
     stored = Quantization.from_config(config)
@@ -149,12 +152,13 @@ def cmd_convert(args) -> int:
         if args.vision or args.llm or args.connector:
             raise ValueError("give either --llava DIR, or --vision, --llm and --connector")
         written = convert_llava(args.llava, args.out, vision_config=args.vision_config, text_model_type=args.text_model_type,
-                                dtype=args.dtype, connector=connector, adaptive_resolution=adaptive, **quant)
+                                dtype=args.dtype, connector=connector, adaptive_resolution=adaptive,
+                                ignore_unexpected=args.ignore_unexpected, **quant)
     else:
         if not (args.vision and args.llm and args.connector):
             raise ValueError("give --vision DIR --llm DIR --connector FILE (or --llava DIR, or --checkpoint DIR)")
         written = convert_parts(args.vision, args.llm, args.connector, args.out, dtype=args.dtype, connector=connector,
-                                adaptive_resolution=adaptive, **quant)
+                                adaptive_resolution=adaptive, ignore_unexpected=args.ignore_unexpected, **quant)
     print(f"wrote {args.out}: {', '.join(p.name for p in written)}")
     return 0
 
@@ -174,8 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("devices", help="list the Vulkan devices (EYECARE_DEVICE picks one by index or name)")
     p.set_defaults(func=cmd_devices)
 
-    p = sub.add_parser("info", help="describe a checkpoint: config, parameters, dtypes, memory needed")
+    p = sub.add_parser("info", help="describe a checkpoint: config, parameters, dtypes, device memory needed")
     p.add_argument("model", metavar="DIR")
+    p.add_argument("--max-context", type=int, default=4096, help="tokens per conversation (default 4096)")
+    p.add_argument("--max-batch", type=int, default=1, help="sequences decoded together (default 1)")
+    p.add_argument("--max-views", type=int, default=16, help="views per vision pass (default 16, the most the "
+                   "loader picks on its own)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("chat", help="ask a question about images (streams the answer)")
@@ -207,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the LLM's linear layers as int8 or int4 blocks of 32 with float16 scales")
     p.add_argument("--quantize-vision", action="store_true", help="with --quantize: the vision tower's linear layers too")
     p.add_argument("--quantize-lm-head", action="store_true", help="with --quantize: the lm_head too")
+    p.add_argument("--ignore-unexpected", action="store_true",
+                   help="leave out tensors EyecareGPT has no place for (e.g. image_newline) instead of stopping")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("make-tiny", help="write a tiny random-weight checkpoint (tests, demos, benchmarks)")

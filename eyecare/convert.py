@@ -1,4 +1,5 @@
-"""Building an EyecareGPT checkpoint directory (DESIGN.md 2) from what training code leaves behind:
+"""Building an EyecareGPT checkpoint directory (its format: docs/architecture.md, 2) from what training code
+leaves behind:
 
 (a) the separate Hugging Face checkpoints of the vision tower (a SigLIP model or vision model) and of
     the LLM (Phi-3 or Qwen2), plus a safetensors file of the connector's projector;
@@ -7,7 +8,12 @@
 
 Tensors are copied as stored (bf16 stays bf16) unless ``dtype`` asks for another; tokenizer files come
 from the LLM's directory. Every inconsistency (a missing tower layer, a projector whose widths do not
-join the tower to the LLM) is reported before anything is written.
+join the tower to the LLM) is reported before anything is written. So is every tensor the converter
+does not know what to do with (for example the ``image_newline`` of a LLaVA-NeXT checkpoint): dropping
+it would silently make a different model, so conversion stops unless ``ignore_unexpected=True``
+(``--ignore-unexpected``). Parts known not to belong to EyecareGPT are left out without asking: SigLIP's
+text tower, its logit scale and bias and its attention-pooling head, and the rotary inv_freq buffers
+some LLM checkpoints carry (recomputed from the config).
 
 ``quantize`` ('int8' or 'int4') writes the LLM's linear layers (and with ``quantize_vision`` the vision
 tower's, with ``quantize_lm_head`` the lm_head) as packed integers and float16 scales (eyecare/quantize.py,
@@ -134,16 +140,28 @@ def _quantization(quantize, quantize_vision, quantize_lm_head):
     return Quantization(quantize, bool(quantize_vision), bool(quantize_lm_head))
 
 
-def _finish(out_dir, config, tensors, names_to_shapes, token_dir: Path, dtype, shard_bytes, progress, quant=None):
+def _refuse_unexpected(names: list, ignore: bool) -> None:
+    if names and not ignore:
+        shown = ", ".join(names[:40]) + (f" ... and {len(names) - 40} more" if len(names) > 40 else "")
+        raise ConversionError(f"{len(names)} tensors that EyecareGPT has no place for: {shown}. Leaving them out would "
+                              "make a different model than the one trained; pass ignore_unexpected=True "
+                              "(--ignore-unexpected) if you know they are not needed")
+
+
+def _finish(out_dir, config, tensors, names_to_shapes, token_dir: Path, dtype, shard_bytes, progress,
+            unexpected: list, ignore_unexpected: bool, quant=None):
     vision, text = config["vision_config"], config["text_config"]
     expected = siglip_tensors(vision)
-    proj = connector_tensors(vision["hidden_size"], text["hidden_size"])
+    n_groups = len(config["connector"]["groups"])
+    proj = connector_tensors(vision["hidden_size"], text["hidden_size"], n_groups)
     found_proj = {n: names_to_shapes[n] for n in proj if n in names_to_shapes}
     if CONNECTOR_PREFIX + "projector.0.weight" in found_proj:
         w0 = found_proj[CONNECTOR_PREFIX + "projector.0.weight"]
-        if len(w0) == 2 and w0[1] != 3 * vision["hidden_size"]:
-            raise ConversionError(f"the projector takes {w0[1]} features but the LDC gives 3 x {vision['hidden_size']} = "
-                                  f"{3 * vision['hidden_size']} (vision tower width {vision['hidden_size']})")
+        width = (1 + n_groups) * vision["hidden_size"]
+        if len(w0) == 2 and w0[1] != width:
+            raise ConversionError(f"the projector takes {w0[1]} features but the LDC gives (1 + {n_groups} groups) x "
+                                  f"{vision['hidden_size']} = {width} (the feature layer and one mean per group, each "
+                                  f"the vision tower's width {vision['hidden_size']}); check --groups")
         if len(w0) == 2 and w0[0] != text["hidden_size"]:
             raise ConversionError(f"the projector gives {w0[0]} features but the LLM is {text['hidden_size']} wide")
     expected.update(proj)
@@ -151,6 +169,10 @@ def _finish(out_dir, config, tensors, names_to_shapes, token_dir: Path, dtype, s
 
     expected.update({LANGUAGE_PREFIX + n: s for n, s in DecoderConfig.from_dict(text).checkpoint_tensors().items()})
     _check_shapes(names_to_shapes, expected, "the inputs do not make a complete EyecareGPT checkpoint")
+    tied_head = LANGUAGE_PREFIX + "lm_head.weight" if text.get("tie_word_embeddings") else None
+    unexpected = sorted(set(unexpected) | {n for n in names_to_shapes if n not in expected and n != tied_head
+                                           and not n.endswith("rotary_emb.inv_freq")})
+    _refuse_unexpected(unexpected, ignore_unexpected)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     copied = [name for name in TOKENIZER_FILES if (token_dir / name).is_file()]
@@ -176,29 +198,40 @@ def _opened(ckpt):
 
 def convert_parts(vision_dir, llm_dir, connector_file, out_dir, *, connector: dict | None = None,
                   adaptive_resolution: dict | None = None, dtype: str | None = None, shard_bytes: int = 4 << 30,
-                  progress=None, quantize: str | None = None, quantize_vision: bool = False,
-                  quantize_lm_head: bool = False):
+                  progress=None, ignore_unexpected: bool = False, quantize: str | None = None,
+                  quantize_vision: bool = False, quantize_lm_head: bool = False):
     """(a): a Hugging Face SigLIP checkpoint + a Phi-3 / Qwen2 checkpoint + the projector's weights
     (names ``0.weight``, ``2.bias``..., optionally under ``mm_projector.``, ``projector.`` or
-    ``connector.projector.``)."""
+    ``connector.projector.``). A tensor that fits nowhere stops the conversion unless ignore_unexpected."""
     vision_dir, llm_dir = Path(vision_dir), Path(llm_dir)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
     quant = _quantization(quantize, quantize_vision, quantize_lm_head)
     vision = _vision_config(_json(vision_dir / "config.json"))
     text = _json(llm_dir / "config.json")
-    tensors, shapes = {}, {}
+    tensors, shapes, unexpected = {}, {}, []
     with open_safetensors(vision_dir) as v, open_safetensors(llm_dir) as l, open_safetensors(connector_file) as c:
-        for src, rename in ((v, _siglip_name),
-                            (l, lambda n: LANGUAGE_PREFIX + n),
-                            (c, _projector_name)):
+        for src, rename, where in ((v, _siglip_name, vision_dir),
+                                   (l, lambda n: LANGUAGE_PREFIX + n, llm_dir),
+                                   (c, _projector_name, connector_file)):
             loaders, found = _opened(src)
             for name, load in loaders.items():
                 new = rename(name)
                 if new:
                     tensors[new], shapes[new] = load, found[name]
+                elif not (src is v and _siglip_unused(name)):
+                    unexpected.append(f"{name} ({Path(where).name})")
         config = _eyecare_config(vision, text, connector, adaptive_resolution)
-        return _finish(out_dir, config, tensors, shapes, llm_dir, dtype, shard_bytes, progress, quant)
+        return _finish(out_dir, config, tensors, shapes, llm_dir, dtype, shard_bytes, progress, unexpected,
+                       ignore_unexpected, quant)
+
+
+def _siglip_unused(name: str) -> bool:
+    """Parts of a SigLIP checkpoint that EyecareGPT does not use by design: the text tower, the contrastive
+    logit scale and bias, and the attention-pooling head (the connector reads hidden states instead)."""
+    if name.startswith("vision_model."):
+        name = name[len("vision_model."):]
+    return name.startswith(("text_model.", "head.")) or name in ("logit_scale", "logit_bias")
 
 
 def _siglip_name(name: str) -> str | None:
@@ -221,6 +254,8 @@ def _llava_name(name: str) -> str | None:
     if name.startswith("model.vision_tower.vision_tower.vision_model."):
         rest = name[len("model.vision_tower.vision_tower."):]
         return None if rest.startswith("vision_model.head.") else VISION_PREFIX + rest
+    if name.startswith("model.vision_tower.vision_tower.") or name.startswith("model.image_newline"):
+        return None
     if name.startswith("model.mm_projector."):
         return _projector_name(name)
     if name.startswith("model.") or name.startswith("lm_head."):
@@ -245,11 +280,12 @@ def _llava_text_config(cfg: dict, model_type: str | None) -> dict:
 
 def convert_llava(llava_dir, out_dir, *, vision_config=None, text_model_type: str | None = None,
                   connector: dict | None = None, adaptive_resolution: dict | None = None, dtype: str | None = None,
-                  shard_bytes: int = 4 << 30, progress=None, quantize: str | None = None, quantize_vision: bool = False,
-                  quantize_lm_head: bool = False):
+                  shard_bytes: int = 4 << 30, progress=None, ignore_unexpected: bool = False,
+                  quantize: str | None = None, quantize_vision: bool = False, quantize_lm_head: bool = False):
     """(b): a LLaVA-style merged checkpoint. Its config.json gives the LLM's config (model_type
     llava_phi3 / llava_qwen2 ... or text_model_type), ``mm_vision_select_layer`` the feature layer; the
-    SigLIP config comes from its ``vision_config`` or from ``vision_config`` (a dict or a config.json path)."""
+    SigLIP config comes from its ``vision_config`` or from ``vision_config`` (a dict or a config.json path).
+    A tensor that fits nowhere (e.g. ``model.image_newline``) stops the conversion unless ignore_unexpected."""
     llava_dir = Path(llava_dir)
     quant = _quantization(quantize, quantize_vision, quantize_lm_head)
     cfg = _json(llava_dir / "config.json")
@@ -267,15 +303,19 @@ def convert_llava(llava_dir, out_dir, *, vision_config=None, text_model_type: st
     conn = dict(connector or {})
     if "mm_vision_select_layer" in cfg:
         conn.setdefault("feature_layer", cfg["mm_vision_select_layer"])
-    tensors, shapes = {}, {}
+    tensors, shapes, unexpected = {}, {}, []
     with open_safetensors(llava_dir) as ckpt:
         loaders, found = _opened(ckpt)
         for name, load in loaders.items():
             new = _llava_name(name)
             if new:
                 tensors[new], shapes[new] = load, found[name]
+            elif not name.startswith("model.vision_tower.vision_tower.") or not _siglip_unused(
+                    name[len("model.vision_tower.vision_tower."):]):
+                unexpected.append(name)
         config = _eyecare_config(vision, text, conn, adaptive_resolution)
-        return _finish(out_dir, config, tensors, shapes, llava_dir, dtype, shard_bytes, progress, quant)
+        return _finish(out_dir, config, tensors, shapes, llava_dir, dtype, shard_bytes, progress, unexpected,
+                       ignore_unexpected, quant)
 
 
 def convert_checkpoint(checkpoint_dir, out_dir, *, quantize: str | None = None, quantize_vision: bool = False,
@@ -298,4 +338,4 @@ def convert_checkpoint(checkpoint_dir, out_dir, *, quantize: str | None = None, 
                               "convert its full-precision original")
     with open_safetensors(checkpoint_dir) as ckpt:
         tensors, shapes = _opened(ckpt)
-        return _finish(out_dir, config, tensors, shapes, checkpoint_dir, dtype, shard_bytes, progress, quant)
+        return _finish(out_dir, config, tensors, shapes, checkpoint_dir, dtype, shard_bytes, progress, [], True, quant)

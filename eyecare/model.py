@@ -1,5 +1,5 @@
 """EyecareGPT end to end: the processor (adaptive resolution), the vision tower with its Layer-wise Dense
-Connector, and the Phi-3 / Qwen2 decoder, loaded from one checkpoint directory (DESIGN.md 2).
+Connector, and the Phi-3 / Qwen2 decoder, loaded from one checkpoint directory (docs/architecture.md).
 
     model = EyecareGPT.from_pretrained("checkpoints/eyecaregpt-3.8b")
     print(model.chat("Is there diabetic retinopathy?", images=["fundus.jpg"]))
@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .checkpoint import CONNECTOR_PREFIX, LANGUAGE_PREFIX, VISION_PREFIX, connector_tensors, read_config, siglip_tensors
+from .checkpoint import CONNECTOR_DEFAULTS, CONNECTOR_PREFIX, LANGUAGE_PREFIX, VISION_PREFIX, connector_tensors, read_config, siglip_tensors
 
 IMAGE_TOKEN = "<image>"
 
@@ -334,7 +334,8 @@ def _expected_tensors(config: dict, text_config) -> dict:
     for key, default in (("num_channels", 3),):
         vision.setdefault(key, default)
     expected = siglip_tensors(vision)
-    expected.update(connector_tensors(vision["hidden_size"], text_config.hidden_size))
+    groups = (config.get("connector") or {}).get("groups", CONNECTOR_DEFAULTS["groups"])
+    expected.update(connector_tensors(vision["hidden_size"], text_config.hidden_size, len(groups)))
     expected.update({LANGUAGE_PREFIX + n: s for n, s in text_config.checkpoint_tensors().items()})
     return expected
 

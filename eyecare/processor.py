@@ -1,4 +1,4 @@
-"""The EyecareGPT image processor: adaptive resolution (DESIGN.md 1.1), on the CPU, without a Vulkan device.
+"""The EyecareGPT image processor: adaptive resolution (docs/architecture.md, 1.1), on the CPU, without a Vulkan device.
 
 Each image becomes 1 + rows*cols views of float32 [3, tile, tile]:
 

@@ -119,7 +119,7 @@ def make_tiny(out_dir, family: str = "phi3", *, dtype: str = "bfloat16", seed: i
     from .config import DecoderConfig
 
     shapes = siglip_tensors(config["vision_config"])
-    shapes.update(connector_tensors(s["vision_hidden"], s["hidden"]))
+    shapes.update(connector_tensors(s["vision_hidden"], s["hidden"], len(config["connector"]["groups"])))
     shapes.update({LANGUAGE_PREFIX + n: v for n, v in DecoderConfig.from_dict(config["text_config"]).checkpoint_tensors().items()})
     out = Path(out_dir)
     write_checkpoint(out, config, _weights(shapes, np.random.default_rng(seed), dtype))

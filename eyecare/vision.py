@@ -1,5 +1,5 @@
 """The vision side of EyecareGPT on the device: the SigLIP vision tower, the Layer-wise Dense Connector
-(LDC), the ``mlp2x_gelu`` projector and the pooling of tile tokens (DESIGN.md 1.2-1.3).
+(LDC), the ``mlp2x_gelu`` projector and the pooling of tile tokens (docs/architecture.md, 1.2-1.3).
 
 The computation is in C (``csrc/model/vision.c``): every pass over a chunk of views (patch embedding, the
 encoder layers, the LDC's running means, projector, pooling) is recorded into one command buffer and
@@ -44,7 +44,7 @@ SIGLIP_DEFAULTS = {
     "hidden_act": "gelu_pytorch_tanh",
     "layer_norm_eps": 1e-6,
 }
-#: The connector as DESIGN.md 1.2 defines it (LLaVA's feature layer, the Dense Connector's groups).
+#: The published models' connector (docs/architecture.md, 1.2) (LLaVA's feature layer, the Dense Connector's groups).
 CONNECTOR_DEFAULTS = {"feature_layer": -2, "groups": [[0, 13], [13, 26]], "projector": "mlp2x_gelu"}
 TILE_POOL_DEFAULT = 2
 
@@ -139,7 +139,7 @@ class VisionTower:
     def from_checkpoint(cls, path: str | os.PathLike, *, all_layers: bool = False, max_views: int | None = None,
                         vision_prefix: str = VISION_PREFIX, connector_prefix: str = CONNECTOR_PREFIX,
                         quantize: str | None = None) -> "VisionTower":
-        """Loads the tower from a checkpoint directory (config.json + safetensors, DESIGN.md 2). Only the
+        """Loads the tower from a checkpoint directory (config.json + safetensors, docs/architecture.md, 2). Only the
         weights the connector uses go to the device, in their stored dtype; ``all_layers`` also loads the
         encoder layers past them (for :meth:`hidden_states`). quantize: 'int8' or 'int4' quantizes the
         encoder's linear layers while loading; a checkpoint stored with them quantized loads them packed."""

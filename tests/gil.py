@@ -23,7 +23,7 @@ def no_forced_switches():
         sys.setswitchinterval(saved)
 
 
-def ran_during(call, attempts: int = 40) -> bool:
+def ran_during(call, attempts: int = 200) -> bool:
     """True once a second Python thread ran while `call()` was in progress (call() should be a bare C
     function: any Python it runs could give up the GIL too). False if that never happened in `attempts`
     calls, which with forced switches off means call() never released the GIL.

@@ -1,5 +1,5 @@
 """A reference EyecareGPT assembled from transformers and torch (shared by the end-to-end and converter
-tests): SiglipVisionModel, the LDC / projector / tile pooling of DESIGN.md 1.2-1.3 in torch, and
+tests): SiglipVisionModel, the LDC / projector / tile pooling (docs/architecture.md 1.2-1.3) in torch, and
 Phi3ForCausalLM / Qwen2ForCausalLM fed inputs_embeds."""
 import math
 
@@ -82,10 +82,12 @@ class Reference:
         return out
 
     @torch.no_grad()
-    def greedy(self, model, question, images, max_new_tokens):
+    def greedy(self, model, question, images, max_new_tokens, prompt=None):
+        """Greedy token ids from transformers' generate on the spliced embeddings of `prompt` (default:
+        the model's rendering of `question`, checked against transformers' chat template elsewhere)."""
         inputs = model.processor(images)
         tokens = self.image_tokens(inputs["pixel_values"], inputs["image_grids"]) if images else []
-        prompt = model.build_prompt(question, images)
+        prompt = model.build_prompt(question, images) if prompt is None else prompt
         pieces = prompt.split("<image>")
         embed = self.llm.get_input_embeddings()
         parts = []

@@ -191,3 +191,29 @@ def test_default_dataset_is_generated_when_not_in_a_checkout(tmp_path, monkeypat
     assert path == tmp_path / "cache" / "eyecare" / "bench-sample" / "synthetic_sample.jsonl"
     assert path.read_text() == shipped.read_text()
     assert (path.parent / "images" / "oct.png").exists()
+
+
+def test_run_with_a_real_tiny_eyecare_model(tmp_path, capsys):
+    # A real checkpoint through --model DIR: the batch goes through EyecareGPT.generate, and each prediction is the
+    # answer the same model gives to that record alone; the model's own timings land in every row.
+    from eyecare.bench.cli import default_dataset
+    from eyecare.bench.data import load_dataset
+    from eyecare.model import EyecareGPT
+    from eyecare.tiny import make_tiny
+
+    tiny = make_tiny(tmp_path / "tiny", "qwen2")
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny), "--limit", "3", "--batch-size", "2", "--output", str(out),
+                 "--no-progress", "--no-plots"]) == 0
+    assert "3 records: 0 already done, 3 predicted now, 0 model errors" in capsys.readouterr().out
+    rows = read_predictions(out / "predictions.jsonl")
+    records = {r.id: r for r in load_dataset(default_dataset())}
+    with EyecareGPT.from_pretrained(tiny, progress=False) as model:
+        for row in rows:
+            record = records[row["id"]]
+            assert row["prediction"] == model.chat(record.prompt, images=list(record.images)), row["id"]
+            assert row["error"] is None and row["model"] == "tiny"
+    assert [r["batch_size"] for r in rows] == [2, 2, 1]
+    assert rows[0]["timings"]["requests"] == 2 and rows[2]["timings"]["requests"] == 1
+    assert all(r["timings"]["tokens"] > 0 and r["timings"]["prefill_ms"] > 0 for r in rows)
+    assert json.loads((out / "report.json").read_text())["counts"]["records"] == 3

@@ -47,7 +47,11 @@ def test_threads_that_wait_for_an_open_generation_get_the_answers_they_get_alone
     def worker():
         name = threading.current_thread().name
         q, images = asks[name]
-        text = model.chat(q, images=images, max_new_tokens=12)
+        try:
+            text = model.chat(q, images=images, max_new_tokens=12)
+        except BaseException as e:  # say so, rather than leave the main thread waiting for this one
+            lock.waiting.put(f"{name} failed: {e!r}")
+            raise
         results[name] = (text, dict(model.timings), model.last_output.token_ids)
 
     stream = model.chat(*asks["main"][:1], images=asks["main"][1], max_new_tokens=12, stream=True)
@@ -60,6 +64,7 @@ def test_threads_that_wait_for_an_open_generation_get_the_answers_they_get_alone
     while waiting != {"b", "c"}:
         waiting.add(lock.waiting.get())
         waiting.discard("MainThread")
+        assert not [w for w in waiting if "failed" in w], waiting
     pieces += list(stream)
     mine = (dict(model.timings), model.last_output.token_ids)
     for t in threads:

@@ -43,10 +43,9 @@ def assert_same_answers(out, ref):
     model = EyecareGPT.from_pretrained(out, progress=False)
     try:
         for images in (IMAGES[:1], IMAGES):
-            model.chat("Describe.", images=images, max_new_tokens=8)
+            answer = model.chat("Describe.", images=images, max_new_tokens=8)
             want = ref.greedy(model, "Describe.", images, 8)
-            got = model.last_output.token_ids
-            assert got == want[:len(got)], (got, want)
+            assert model.last_output.token_ids == want and answer == model.language.decode(want)
     finally:
         model.close()
 
@@ -104,6 +103,74 @@ def test_llava_merged_checkpoint(parts, tmp_path):
     out = tmp_path / "from-llava"
     convert_llava(llava, out, vision_config=root / "siglip" / "config.json", connector={"groups": config["connector"]["groups"]})
     assert_same_answers(out, ref)
+
+
+def projector_weights(d_in, d_llm, seed):
+    g = np.random.default_rng(seed)
+    w = {"0.weight": g.standard_normal((d_llm, d_in)) * 0.1, "0.bias": g.standard_normal(d_llm) * 0.1,
+         "2.weight": g.standard_normal((d_llm, d_llm)) * 0.1, "2.bias": g.standard_normal(d_llm) * 0.1}
+    return {k: v.astype(np.float32) for k, v in w.items()}
+
+
+def test_another_number_of_groups_sizes_the_projector(parts, tmp_path):
+    # Three groups: the LDC concatenates the feature layer and three means, so the projector takes 4 x the width.
+    root, config, ref = parts
+    connector = {"feature_layer": -2, "groups": [[0, 1], [1, 3], [3, 5]]}
+    d_vision, d_llm = config["vision_config"]["hidden_size"], config["text_config"]["hidden_size"]
+    projector = projector_weights(4 * d_vision, d_llm, 5)
+    save_safetensors(projector, tmp_path / "projector4.safetensors")
+    out = tmp_path / "three-groups"
+    convert_parts(root / "siglip", root / "llm", tmp_path / "projector4.safetensors", out, connector=connector)
+    with open_safetensors(out) as ckpt:
+        assert ckpt.info("connector.projector.0.weight")[1] == (d_llm, 4 * d_vision)
+    three = Reference(ref.vision, {k: torch.from_numpy(v) for k, v in projector.items()}, ref.llm, connector,
+                      config["adaptive_resolution"]["tile_pool"])
+    assert_same_answers(out, three)
+    # The default two groups do not fit that projector: refused with the widths spelled out.
+    with pytest.raises(ConversionError, match=r"takes 128 features but the LDC gives \(1 \+ 2 groups\) x 32 = 96"):
+        convert_parts(root / "siglip", root / "llm", tmp_path / "projector4.safetensors", tmp_path / "no",
+                      connector={"feature_layer": -2, "groups": [[0, 2], [2, 4]]})
+
+
+def test_tensors_with_no_place_are_refused_unless_asked(parts, tmp_path, capsys):
+    from eyecare.cli import main
+
+    root, config, ref = parts
+    llava = tmp_path / "llava"
+    llava.mkdir()
+    tensors = {}
+    with open_safetensors(root / "siglip") as v, open_safetensors(root / "llm") as l, \
+            open_safetensors(root / "projector.safetensors") as p:
+        tensors.update({"model.vision_tower.vision_tower.vision_model." + n: np.array(v.get(n)) for n in v.names()})
+        tensors.update({n: np.array(p.get(n)) for n in p.names()})
+        tensors.update({n: np.array(l.get(n)) for n in l.names()})
+    d_llm = config["text_config"]["hidden_size"]
+    # LLaVA-NeXT's learned separator between tile rows, and something nobody knows.
+    tensors["model.image_newline"] = np.ones(d_llm, np.float32)
+    tensors["model.layers.0.self_attn.extra_gate"] = np.ones(2, np.float32)
+    save_safetensors(tensors, llava / "model.safetensors")
+    text = json.loads((root / "llm" / "config.json").read_text())
+    (llava / "config.json").write_text(json.dumps({**text, "model_type": f"llava_{config['text_config']['model_type']}"}))
+    for name in TOKENIZER:
+        shutil.copyfile(root / "llm" / name, llava / name)
+    vision_config = root / "siglip" / "config.json"
+    with pytest.raises(ConversionError) as err:
+        convert_llava(llava, tmp_path / "out", vision_config=vision_config, connector=config["connector"])
+    message = str(err.value)
+    assert message.startswith("2 tensors that EyecareGPT has no place for: ")
+    assert "model.image_newline" in message and "language_model.model.layers.0.self_attn.extra_gate" in message
+    assert "--ignore-unexpected" in message and not (tmp_path / "out").exists()
+    # The command line says the same and leaves nothing behind; with the flag it converts the rest.
+    args = ["convert", str(tmp_path / "cli"), "--llava", str(llava), "--vision-config", str(vision_config),
+            "--groups", ",".join(f"{a}:{b}" for a, b in config["connector"]["groups"]),
+            "--feature-layer", str(config["connector"]["feature_layer"])]
+    assert main(args) == 1
+    assert "eyecare convert: error: 2 tensors that EyecareGPT has no place for: " in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
+    assert main(args + ["--ignore-unexpected"]) == 0
+    with open_safetensors(tmp_path / "cli") as ckpt:
+        assert not [n for n in ckpt.names() if "image_newline" in n or "extra_gate" in n]
+    assert_same_answers(tmp_path / "cli", ref)
 
 
 def test_inconsistent_shapes_are_refused(parts, tmp_path):

@@ -217,6 +217,17 @@ def test_threads_decode_and_resize_concurrently():
             np.testing.assert_array_equal(got, _core.resize_bicubic(ref, 40, 30))
 
 
+def test_decode_and_resize_release_the_gil():
+    from gil import ran_during
+
+    big = np.random.default_rng(5).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, "PNG", compress_level=1)
+    data = buf.getvalue()
+    assert ran_during(lambda: _core.decode_image(data)), "decode_image held the GIL"
+    assert ran_during(lambda: _core.resize_bicubic(big, 800, 600)), "resize_bicubic held the GIL"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Hostile input
 

@@ -49,18 +49,52 @@ def test_streaming_gives_the_same_answer(tiny):
 
 
 def test_history_and_system_render_into_the_prompt(tiny):
+    from transformers import AutoTokenizer
+
     path, model, ref = tiny
-    prompt = model.build_prompt("And now?", [], history=[("Hello", "Hi there")], system="Be brief.")
-    assert "Hello" in prompt and "Hi there" in prompt and prompt.rstrip().endswith(prompt.rstrip().split("And now?")[-1])
-    assert model.chat("And now?", history=[("Hello", "Hi there")], max_new_tokens=4) is not None
+    hf = AutoTokenizer.from_pretrained(str(path))
+    history = [("Hello", "Hi there"), {"role": "user", "content": "<image>\nLook."},
+               {"role": "assistant", "content": "A fundus."}]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi there"}, *history[1:], {"role": "user", "content": "And now?"}]
+    want = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = model.build_prompt("And now?", [], history=history, system="Be brief.")
+    assert prompt == want and "Be brief." in prompt
+    no_system = hf.apply_chat_template(messages[1:], tokenize=False, add_generation_prompt=True)
+    assert model.build_prompt("And now?", [], history=history) == no_system
+    # The answer is the one transformers gives for that prompt (its one image placeholder spliced in).
+    answer = model.chat("And now?", images=IMAGES[:1], history=[("Hello", "Hi there")], system="Be brief.",
+                        max_new_tokens=6)
+    want_prompt = hf.apply_chat_template(messages[:3] + [{"role": "user", "content": "<image>\nAnd now?"}],
+                                         tokenize=False, add_generation_prompt=True)
+    want_ids = ref.greedy(model, None, IMAGES[:1], 6, prompt=want_prompt)
+    assert model.last_output.token_ids == want_ids
+    assert answer == model.language.decode(want_ids)
 
 
 def test_batched_generate_equals_one_by_one(tiny):
     path, model, ref = tiny
     requests = [{"question": "Describe.", "images": IMAGES[:1]}, "Is the retina attached?"]
+    alone, outputs = [], []
+    for q, images in (("Describe.", IMAGES[:1]), ("Is the retina attached?", [])):
+        alone.append(model.chat(q, images=images, max_new_tokens=6))
+        outputs.append(model.last_output)
     together = model.generate(requests, max_new_tokens=6)
-    alone = [model.chat("Describe.", images=IMAGES[:1], max_new_tokens=6), model.chat("Is the retina attached?", max_new_tokens=6)]
     assert together == alone
+    # This call's own figures, not the last chat's.
+    assert [o.token_ids for o in model.last_output] == [o.token_ids for o in outputs]
+    t = model.timings
+    assert t["requests"] == 2 and t["tokens"] == sum(len(o.token_ids) for o in outputs)
+    assert t["prompt_tokens"] == sum(o.prompt_tokens for o in outputs) and t["vision_ms"] > 0
+
+
+def test_generate_has_the_defaults_of_chat():
+    import inspect
+
+    chat, generate = (inspect.signature(f).parameters for f in (EyecareGPT.chat, EyecareGPT.generate))
+    shared = [n for n in generate if n not in ("self", "requests")]
+    assert shared and {n: generate[n].default for n in shared} == {n: chat[n].default for n in shared}
+    assert generate["max_new_tokens"].default == 512
 
 
 def test_placeholder_count_must_match_images(tiny):

@@ -45,7 +45,7 @@ def randomize(module, gen):
 
 
 def make_checkpoint(path, vision, connector, d_llm, dtype, tile_pool=2, seed=0, drop=()):
-    """Writes config.json + model.safetensors (DESIGN.md 2 names) and returns the torch reference
+    """Writes config.json + model.safetensors (the names of docs/architecture.md 2) and returns the torch reference
     modules, holding the very values stored (rounded to dtype)."""
     gen = torch.Generator().manual_seed(seed)
     model = SiglipVisionModel(SiglipVisionConfig(**vision)).eval()
@@ -77,7 +77,7 @@ def make_checkpoint(path, vision, connector, d_llm, dtype, tile_pool=2, seed=0, 
 
 
 def reference(model, projector, pixels, grids, connector, tile_pool):
-    """Hidden states h[0..L] and the image tokens, by transformers + torch (DESIGN.md 1.2-1.3)."""
+    """Hidden states h[0..L] and the image tokens, by transformers + torch (docs/architecture.md 1.2-1.3)."""
     with torch.no_grad():
         hs = model(torch.from_numpy(pixels), output_hidden_states=True).hidden_states
         parts = [hs[connector["feature_layer"]]] + [torch.stack(hs[a:b]).mean(0) for a, b in connector["groups"]]

@@ -1,4 +1,4 @@
-/* Image decode (stb_image), PIL-exact bicubic resize, and the global view + tiles of DESIGN.md 1.1. See image.h. */
+/* Image decode (stb_image), PIL-exact bicubic resize, and the global view + tiles of docs/architecture.md 1.1. See image.h. */
 #include "io/image.h"
 
 #include <errno.h>
@@ -785,7 +785,7 @@ ec_status ec_image_resize_bicubic(const uint8_t *src, int src_w, int src_h, size
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
- * Views: global view + tiles (DESIGN.md 1.1).
+ * Views: global view + tiles (docs/architecture.md 1.1).
  * ------------------------------------------------------------------------------------------------------------- */
 
 void ec_image_fit_size(int src_w, int src_h, int target_w, int target_h, int *new_w, int *new_h)

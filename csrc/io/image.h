@@ -1,5 +1,5 @@
 /* Image input for the vision path: decoding (stb_image), PIL-exact bicubic resizing, and the adaptive-resolution
- * views (a global view plus a grid of tiles, DESIGN.md 1.1) as normalized float32 tensors.
+ * views (a global view plus a grid of tiles, docs/architecture.md 1.1) as normalized float32 tensors.
  *
  * Every function here runs on the CPU only and needs no Vulkan device. Inputs may be hostile (files from users,
  * fuzzers): every failure returns an ec_status with a message, never aborts. */

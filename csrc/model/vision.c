@@ -1,5 +1,5 @@
 /* The SigLIP vision tower, the Layer-wise Dense Connector, the projector and tile compression, as one
- * recorded batch of ops per chunk of views. See vision.h for the life of a tower and DESIGN.md 1.2-1.3
+ * recorded batch of ops per chunk of views. See vision.h for the life of a tower and docs/architecture.md (1.2-1.3)
  * for what it computes. Read top to bottom: config, weights, scratch, the pass. */
 #include "model/vision.h"
 

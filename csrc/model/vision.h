@@ -1,5 +1,5 @@
 /* The vision side of EyecareGPT on the device: the SigLIP vision tower, the Layer-wise Dense
- * Connector (LDC), the mlpNx_gelu projector and the compression of tile tokens (DESIGN.md 1.2-1.3).
+ * Connector (LDC), the mlpNx_gelu projector and the compression of tile tokens (docs/architecture.md, 1.2-1.3).
  *
  * Life of a tower:
  *   ec_vision_create(config, prefixes)  checks the config, lays out the table of weights it needs
