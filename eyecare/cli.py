@@ -50,7 +50,9 @@ def cmd_info(args) -> int:
                     acc[1] += nbytes
     from .memory import device_memory
 
-    need = device_memory(args.model, max_context=args.max_context, max_batch=args.max_batch, max_views=args.max_views)
+    # eyecare.memory reads float checkpoints; a quantized one gets the per-variant weight sizes below instead.
+    need = None if config.get("quantization") else device_memory(args.model, max_context=args.max_context,
+                                                                  max_batch=args.max_batch, max_views=args.max_views)
     print(f"EyecareGPT checkpoint: {args.model}")
     print(f"  vision   SigLIP {v['num_hidden_layers']} layers x {v['hidden_size']} ({v['num_attention_heads']} heads), "
           f"{v['image_size']} px views, patch {v['patch_size']}")
@@ -63,17 +65,18 @@ def cmd_info(args) -> int:
         print(f"  {prefix:<16} {count / 1e6:10.1f} M parameters {nbytes / 2**20:10.1f} MiB")
     print(f"  dtypes   {', '.join(f'{k} x{n}' for k, n in sorted(dtypes.items()))}")
     mib = 2**20
-    print(f"  device memory with max_context {args.max_context}, max_batch {args.max_batch}, max_views {args.max_views}: "
-          f"{need.total / mib:.1f} MiB = weights {need.weights / mib:.1f} + KV cache {need.kv_cache / mib:.1f} + "
-          f"activations {need.activations / mib:.1f} + vision scratch {need.vision_scratch / mib:.1f} MiB "
-          f"(what max_device_memory= must allow; eyecare.memory says what each part counts)")
+    if need is not None:
+        print(f"  device memory with max_context {args.max_context}, max_batch {args.max_batch}, max_views {args.max_views}: "
+              f"{need.total / mib:.1f} MiB = weights {need.weights / mib:.1f} + KV cache {need.kv_cache / mib:.1f} + "
+              f"activations {need.activations / mib:.1f} + vision scratch {need.vision_scratch / mib:.1f} MiB "
+              f"(what max_device_memory= must allow; eyecare.memory says what each part counts)")
     from .quantize import VARIANTS, Quantization, model_weight_bytes
 
     stored = Quantization.from_config(config)
     if stored is not None:
         print(f"  quantized {stored.method} (blocks of 32, f16 scales): LLM linear layers"
               f"{', lm_head' if stored.lm_head else ''}{', vision linear layers' if stored.vision else ''}")
-    print("  weights on the device by variant (what from_pretrained(quantize=...) loads; + the KV cache above):")
+    print("  weights on the device by variant (what from_pretrained(quantize=...) loads; + KV cache and activations):")
     for label, quant in VARIANTS.items():
         if stored is not None and (quant is None or quant.method != stored.method or (stored.vision and not quant.vision)
                                    or (stored.lm_head and not quant.lm_head)):
