@@ -19,6 +19,11 @@ the logits, and the grammar's step. It is timed on a Phi-3.5-mini-sized vocabula
 trained here on Python's standard library, as benchmarks/structured_libs.py does, padded to the model's
 32,064 rows) with a judge-style JSON schema, and printed as a fraction of the decode step measured in
 the same run (with the Phi-3.5-mini widths).
+
+Weights in int8 / int4 (blocks of 32 with f16 scales, eyecare/quantize.py) are read packed: the bytes per
+token shrink to ~53 % / ~28 % of bf16's for the quantized layers, and the bound moves with them.
+
+    python benchmarks/llm.py --model phi3 --variants bf16,int8,int4
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import time
 import numpy as np
 
 import eyecare._core as core
+from eyecare import quantize as Q
 from eyecare.config import DecoderConfig
 from eyecare.core import device_info, empty, tensor
 from eyecare.language import LanguageModel
@@ -66,7 +72,16 @@ def random_bf16(shape, rng):
     return np.resize(_BLOCK, int(np.prod(shape))).reshape(shape)
 
 
-def build(kind: str, layers: int, max_context: int, rng, prefill_chunk: int = 256) -> LanguageModel:
+def random_quantized(shape, method: str, rng):
+    """A quantized weight with random integers and scales of the bf16 values' magnitude (the values do not
+    matter for speed; quantizing gigabytes of random floats would take long)."""
+    n, k = shape
+    packed = rng.integers(0, 256, Q.packed_shape(method, n, k), dtype=np.uint8)
+    scales = np.full(Q.scales_shape(n, k), 2.0 ** -13 if method == "int8" else 2.0 ** -9, np.float16)
+    return Q.to_device(packed, scales, method, k)
+
+
+def build(kind: str, layers: int, max_context: int, rng, prefill_chunk: int = 256, variant: str = "bf16") -> LanguageModel:
     raw = dict(CONFIGS[kind], num_hidden_layers=layers)
     cfg = DecoderConfig.from_dict(raw)
     D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
@@ -75,16 +90,20 @@ def build(kind: str, layers: int, max_context: int, rng, prefill_chunk: int = 25
     w = {"model.embed_tokens.weight": tensor(random_bf16((V, D), rng), "bfloat16"),
          "model.norm.weight": tensor(one, "bfloat16"),
          "lm_head.weight": tensor(random_bf16((V, D), rng), "bfloat16")}
+
+    def linear(shape):
+        return tensor(random_bf16(shape, rng), "bfloat16") if variant == "bf16" else random_quantized(shape, variant, rng)
+
     for i in range(layers):
         p = f"model.layers.{i}."
         w[p + "input_layernorm.weight"] = tensor(one, "bfloat16")
         w[p + "post_attention_layernorm.weight"] = tensor(one, "bfloat16")
-        w[p + "self_attn.qkv_proj.weight"] = tensor(random_bf16((qkv, D), rng), "bfloat16")
+        w[p + "self_attn.qkv_proj.weight"] = linear((qkv, D))
         if cfg.qkv_bias:
             w[p + "self_attn.qkv_proj.bias"] = tensor(random_bf16((qkv,), rng), "bfloat16")
-        w[p + "self_attn.o_proj.weight"] = tensor(random_bf16((D, cfg.num_attention_heads * cfg.head_dim), rng), "bfloat16")
-        w[p + "mlp.gate_up_proj.weight"] = tensor(random_bf16((2 * F, D), rng), "bfloat16")
-        w[p + "mlp.down_proj.weight"] = tensor(random_bf16((D, F), rng), "bfloat16")
+        w[p + "self_attn.o_proj.weight"] = linear((D, cfg.num_attention_heads * cfg.head_dim))
+        w[p + "mlp.gate_up_proj.weight"] = linear((2 * F, D))
+        w[p + "mlp.down_proj.weight"] = linear((D, F))
     return LanguageModel(cfg, w, max_context=max_context, prefill_chunk=prefill_chunk)
 
 
@@ -142,14 +161,15 @@ def profile(lm: LanguageModel, rng):
     timed("silu_mul", 0, lambda: core.op_silu_mul(outs["gate_up"], None, act))
 
 
-def run(kind: str, layers: int, prompt: int, new: int, peaks: dict, do_profile: bool = False, structured: bool = False) -> list[dict]:
-    """Prefill and empty-cache decode of one shape; returns the table rows."""
+def run(kind: str, layers: int, prompt: int, new: int, peaks: dict, do_profile: bool = False, structured: bool = False,
+        variant: str = "bf16") -> list[dict]:
+    """Prefill and empty-cache decode of one shape with its linear layers in `variant`; returns the table rows."""
     rng = np.random.default_rng(0)
     t = time.perf_counter()
-    lm = build(kind, layers, prompt + new + 2, rng)
+    lm = build(kind, layers, prompt + new + 2, rng, variant=variant)
     cfg = lm.config
     per_token = lm._decoder.weight_bytes
-    print(f"{NAMES[kind]}, {layers} layers, bf16 (hidden {cfg.hidden_size}, MLP {cfg.intermediate_size}, heads "
+    print(f"{NAMES[kind]}, {layers} layers, {variant} linear layers (hidden {cfg.hidden_size}, MLP {cfg.intermediate_size}, heads "
           f"{cfg.num_attention_heads}/{cfg.num_key_value_heads}, vocab {cfg.vocab_size}); {per_token / 1e9:.3f} GB of "
           f"weights per decode token; built in {time.perf_counter() - t:.1f} s")
     lm.forward(input_ids=rng.integers(0, cfg.vocab_size, 16), logits_to_keep=1)  # pipelines built, caches warm
@@ -176,11 +196,13 @@ def run(kind: str, layers: int, prompt: int, new: int, peaks: dict, do_profile: 
               f"{step_ms:.1f} ms decode step ({us / 10 / full_ms:.3f} % of the ~{full_ms:.0f} ms step of all "
               f"{CONFIGS[kind]['num_hidden_layers']} layers); target < 10 %")
     lm.close()
+    name = NAMES[kind] if variant == "bf16" else f"{NAMES[kind]} {variant}"
     return [
-        {"what": f"prefill {prompt} tok, {NAMES[kind]}", "value": gflops, "unit": "GFLOP/s",
-         "bound": peaks["fma_gflops"], "bound_what": "FMA peak", "target": 25.0, "target_is": "GFLOP/s"},
-        {"what": f"decode, {NAMES[kind]}", "value": gbs, "unit": "GB/s", "tokens_per_s": tps,
-         "bound": peaks["read_gbs"], "bound_what": "read bw", "target": {"small": 0.25, "phi3": 0.30}.get(kind),
+        {"what": f"prefill {prompt} tok, {name}", "value": gflops, "unit": "GFLOP/s",
+         "bound": peaks["fma_gflops"], "bound_what": "FMA peak", "target": 25.0 if variant == "bf16" else None,
+         "target_is": "GFLOP/s"},
+        {"what": f"decode, {name}", "value": gbs, "unit": "GB/s", "tokens_per_s": tps,
+         "bound": peaks["read_gbs"], "bound_what": "read bw", "target": {"small": 0.25, "phi3": 0.30}.get(kind) if variant == "bf16" else None,
          "target_is": "fraction"},
     ]
 
@@ -255,7 +277,12 @@ def main(argv=None, peaks=None) -> list[dict]:
     ap.add_argument("--profile", action="store_true", help="also time the decode step's ops one by one")
     ap.add_argument("--no-structured", action="store_true",
                     help="skip timing structured output's per-token work (with the Phi-3.5-mini widths)")
+    ap.add_argument("--variants", default="bf16", help="comma-separated weight variants of the linear layers: bf16, int8, int4")
     args = ap.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in ("bf16", "int8", "int4"):
+            ap.error(f"unknown variant {v!r}: bf16, int8 or int4")
     if args.quick:
         args.prompt, args.new = 128, 32
     info = device_info()
@@ -264,8 +291,9 @@ def main(argv=None, peaks=None) -> list[dict]:
           f"FMA peak {peaks['fma_gflops']:.1f} GFLOP/s")
     rows = []
     for kind in (["small", "phi3"] if args.model == "both" else [args.model]):
-        rows += run(kind, args.layers or DEFAULT_LAYERS[kind], args.prompt, args.new, peaks, args.profile,
-                    structured=kind == "phi3" and not args.no_structured)
+        for variant in variants:
+            rows += run(kind, args.layers or DEFAULT_LAYERS[kind], args.prompt, args.new, peaks, args.profile,
+                        structured=kind == "phi3" and variant == "bf16" and not args.no_structured, variant=variant)
     if args.long:
         rows += run_long("small", DEFAULT_LAYERS["small"], [512, 4096], args.new, peaks)
     return rows

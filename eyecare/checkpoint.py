@@ -83,9 +83,11 @@ def connector_tensors(vision_hidden: int, d_llm: int, n_groups: int = len(CONNEC
 
 
 def write_checkpoint(out_dir: str | os.PathLike, config: dict, tensors: dict, *, shard_bytes: int = 4 << 30,
-                     progress=None) -> list[Path]:
-    """Writes config.json and the tensors (name -> array, or (uint16 bits, "BF16")), in shards of at most
-    shard_bytes (a single model.safetensors when it all fits). Returns the files written."""
+                     progress=None, metadata: dict | None = None) -> list[Path]:
+    """Writes config.json and the tensors (name -> array, (uint16 bits, "BF16"), or a LazyTensor made when
+    written), in shards of at most shard_bytes (a single model.safetensors when it all fits). metadata: more
+    entries for each file's __metadata__. Returns the files written."""
+    metadata = {"format": "pt", **(metadata or {})}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards, current, size = [], {}, 0
@@ -100,13 +102,13 @@ def write_checkpoint(out_dir: str | os.PathLike, config: dict, tensors: dict, *,
     shards.append(current)
     written = []
     if len(shards) == 1:
-        save_safetensors(shards[0], out / "model.safetensors", {"format": "pt"})
+        save_safetensors(shards[0], out / "model.safetensors", metadata)
         written.append(out / "model.safetensors")
     else:
         weight_map = {}
         for k, shard in enumerate(shards, 1):
             name = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-            save_safetensors(shard, out / name, {"format": "pt"})
+            save_safetensors(shard, out / name, metadata)
             weight_map.update({t: name for t in shard})
             written.append(out / name)
             if progress:

@@ -31,21 +31,28 @@ def cmd_info(args) -> int:
     v, t = config["vision_config"], config["text_config"]
     parts = {"vision_tower.": [0, 0], "connector.": [0, 0], "language_model.": [0, 0]}
     dtypes = {}
-    itemsize = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4}
+    itemsize = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "I8": 1}
     with open_safetensors(args.model) as ckpt:
         for name in ckpt.names():
             dtype, shape = ckpt.info(name)
             count = 1
             for s in shape:
                 count *= s
+            nbytes = count * itemsize.get(dtype, 4)
+            if name.endswith(".scales") and (config.get("quantization") or {}).get("method"):
+                count = 0  # a quantized weight's parameters are counted with its packed integers
+            elif name.endswith(".qweight") and (config.get("quantization") or {}).get("method") == "int4":
+                count *= 2
             dtypes[dtype] = dtypes.get(dtype, 0) + 1
             for prefix, acc in parts.items():
                 if name.startswith(prefix):
                     acc[0] += count
-                    acc[1] += count * itemsize.get(dtype, 4)
+                    acc[1] += nbytes
     from .memory import device_memory
 
-    need = device_memory(args.model, max_context=args.max_context, max_batch=args.max_batch, max_views=args.max_views)
+    # eyecare.memory reads float checkpoints; a quantized one gets the per-variant weight sizes below instead.
+    need = None if config.get("quantization") else device_memory(args.model, max_context=args.max_context,
+                                                                  max_batch=args.max_batch, max_views=args.max_views)
     print(f"EyecareGPT checkpoint: {args.model}")
     print(f"  vision   SigLIP {v['num_hidden_layers']} layers x {v['hidden_size']} ({v['num_attention_heads']} heads), "
           f"{v['image_size']} px views, patch {v['patch_size']}")
@@ -58,11 +65,30 @@ def cmd_info(args) -> int:
         print(f"  {prefix:<16} {count / 1e6:10.1f} M parameters {nbytes / 2**20:10.1f} MiB")
     print(f"  dtypes   {', '.join(f'{k} x{n}' for k, n in sorted(dtypes.items()))}")
     mib = 2**20
-    print(f"  device memory with max_context {args.max_context}, max_batch {args.max_batch}, max_views {args.max_views}: "
-          f"{need.total / mib:.1f} MiB = weights {need.weights / mib:.1f} + KV cache {need.kv_cache / mib:.1f} + "
-          f"activations {need.activations / mib:.1f} + vision scratch {need.vision_scratch / mib:.1f} MiB "
-          f"(what max_device_memory= must allow; eyecare.memory says what each part counts)")
+    if need is not None:
+        print(f"  device memory with max_context {args.max_context}, max_batch {args.max_batch}, max_views {args.max_views}: "
+              f"{need.total / mib:.1f} MiB = weights {need.weights / mib:.1f} + KV cache {need.kv_cache / mib:.1f} + "
+              f"activations {need.activations / mib:.1f} + vision scratch {need.vision_scratch / mib:.1f} MiB "
+              f"(what max_device_memory= must allow; eyecare.memory says what each part counts)")
+    from .quantize import VARIANTS, Quantization, model_weight_bytes
+
+    stored = Quantization.from_config(config)
+    if stored is not None:
+        print(f"  quantized {stored.method} (blocks of 32, f16 scales): LLM linear layers"
+              f"{', lm_head' if stored.lm_head else ''}{', vision linear layers' if stored.vision else ''}")
+    print("  weights on the device by variant (what from_pretrained(quantize=...) loads; + KV cache and activations):")
+    for label, quant in VARIANTS.items():
+        if stored is not None and (quant is None or quant.method != stored.method or (stored.vision and not quant.vision)
+                                   or (stored.lm_head and not quant.lm_head)):
+            continue  # not loadable from this checkpoint
+        parts = model_weight_bytes(config, quant)
+        print(f"    {label:<20} {_size(sum(parts.values()))}  (vision {_size(parts['vision'])}, "
+              f"connector {_size(parts['connector'])}, LLM {_size(parts['language'])})")
     return 0
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**27 else f"{nbytes / 2**20:.2f} MiB"
 
 
 def _default_model() -> Path:
@@ -111,7 +137,7 @@ def _groups(text: str) -> list[list[int]]:
 
 
 def cmd_convert(args) -> int:
-    from .convert import convert_llava, convert_parts
+    from .convert import convert_checkpoint, convert_llava, convert_parts
 
     connector = {}
     if args.feature_layer is not None:
@@ -119,17 +145,23 @@ def cmd_convert(args) -> int:
     if args.groups:
         connector["groups"] = _groups(args.groups)
     adaptive = {"tile_pool": args.tile_pool} if args.tile_pool else None
-    if args.llava:
+    quant = dict(quantize=args.quantize, quantize_vision=args.quantize_vision, quantize_lm_head=args.quantize_lm_head)
+    if args.checkpoint:
+        if args.llava or args.vision or args.llm or args.connector or connector or adaptive:
+            raise ValueError("--checkpoint DIR re-writes an EyecareGPT checkpoint as it is: give no other source or "
+                             "connector option")
+        written = convert_checkpoint(args.checkpoint, args.out, dtype=args.dtype, **quant)
+    elif args.llava:
         if args.vision or args.llm or args.connector:
             raise ValueError("give either --llava DIR, or --vision, --llm and --connector")
         written = convert_llava(args.llava, args.out, vision_config=args.vision_config, text_model_type=args.text_model_type,
                                 dtype=args.dtype, connector=connector, adaptive_resolution=adaptive,
-                                ignore_unexpected=args.ignore_unexpected)
+                                ignore_unexpected=args.ignore_unexpected, **quant)
     else:
         if not (args.vision and args.llm and args.connector):
-            raise ValueError("give --vision DIR --llm DIR --connector FILE (or --llava DIR)")
+            raise ValueError("give --vision DIR --llm DIR --connector FILE (or --llava DIR, or --checkpoint DIR)")
         written = convert_parts(args.vision, args.llm, args.connector, args.out, dtype=args.dtype, connector=connector,
-                                adaptive_resolution=adaptive, ignore_unexpected=args.ignore_unexpected)
+                                adaptive_resolution=adaptive, ignore_unexpected=args.ignore_unexpected, **quant)
     print(f"wrote {args.out}: {', '.join(p.name for p in written)}")
     return 0
 
@@ -184,12 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm", metavar="DIR", help="Hugging Face Phi-3 or Qwen2 checkpoint (with its tokenizer)")
     p.add_argument("--connector", metavar="FILE", help="safetensors of the projector (0.weight, 2.weight ...)")
     p.add_argument("--llava", metavar="DIR", help="a LLaVA-style merged checkpoint instead of the three parts")
+    p.add_argument("--checkpoint", metavar="DIR", help="an EyecareGPT checkpoint to re-write (e.g. with --quantize)")
     p.add_argument("--vision-config", metavar="FILE", help="SigLIP config.json, when the LLaVA config lacks one")
     p.add_argument("--text-model-type", choices=["phi3", "qwen2"], help="the LLM family, when the LLaVA config hides it")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="cast the weights (default: as stored)")
     p.add_argument("--feature-layer", type=int, help="the LDC's F_last hidden state (default -2)")
     p.add_argument("--groups", help="the LDC's averaged ranges of hidden states (default 0:13,13:26)")
     p.add_argument("--tile-pool", type=int, help="tile token pooling factor (default 2)")
+    p.add_argument("--quantize", choices=["int8", "int4"],
+                   help="store the LLM's linear layers as int8 or int4 blocks of 32 with float16 scales")
+    p.add_argument("--quantize-vision", action="store_true", help="with --quantize: the vision tower's linear layers too")
+    p.add_argument("--quantize-lm-head", action="store_true", help="with --quantize: the lm_head too")
     p.add_argument("--ignore-unexpected", action="store_true",
                    help="leave out tensors EyecareGPT has no place for (e.g. image_newline) instead of stopping")
     p.set_defaults(func=cmd_convert)

@@ -14,6 +14,11 @@ it would silently make a different model, so conversion stops unless ``ignore_un
 (``--ignore-unexpected``). Parts known not to belong to EyecareGPT are left out without asking: SigLIP's
 text tower, its logit scale and bias and its attention-pooling head, and the rotary inv_freq buffers
 some LLM checkpoints carry (recomputed from the config).
+
+``quantize`` ('int8' or 'int4') writes the LLM's linear layers (and with ``quantize_vision`` the vision
+tower's, with ``quantize_lm_head`` the lm_head) as packed integers and float16 scales (eyecare/quantize.py,
+docs/quantization.md), one tensor at a time; :func:`convert_checkpoint` re-writes an existing EyecareGPT
+checkpoint that way.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import numpy as np
 from .checkpoint import (CONNECTOR_DEFAULTS, CONNECTOR_PREFIX, LANGUAGE_PREFIX, TOKENIZER_FILES, VISION_PREFIX,
                          connector_tensors, siglip_tensors, write_checkpoint)
 from .core import from_bfloat16, to_bfloat16
-from .safetensors import open_safetensors
+from .safetensors import LazyTensor, open_safetensors
 
 DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 
@@ -89,6 +94,52 @@ def _eyecare_config(vision: dict, text: dict, connector: dict | None, adaptive: 
             "image_token": "<image>"}
 
 
+def _quantized_pair(load, quant, shape) -> tuple:
+    """The packed integers and scales of one weight as two LazyTensors sharing one quantization: the first
+    of them written quantizes, the second takes the other half and lets it go."""
+    from . import quantize as Q
+
+    made = {}
+
+    def part(i):
+        if not made:
+            array, stored = load()
+            made["v"] = Q.quantize(array if stored in ("BF16", "F32", "F16") else array.astype(np.float32), quant.method)
+            made["left"] = 2
+        value = made["v"][i]
+        made["left"] -= 1
+        if not made["left"]:
+            made.clear()
+        return value
+
+    return (LazyTensor(Q.packed_shape(quant.method, *shape), "U8", lambda: part(0)),
+            LazyTensor(Q.scales_shape(*shape), "F16", lambda: part(1)))
+
+
+def _outputs(expected: dict, tensors: dict, dtype, quant) -> dict:
+    """name -> what write_checkpoint writes: the tensors as stored (or cast), quantized ones as their pair."""
+    from .quantize import stored_names
+
+    out = {}
+    for name in sorted(expected):
+        if quant is not None and len(expected[name]) == 2 and quant.applies(name):
+            packed, scales = stored_names(name)
+            out[packed], out[scales] = _quantized_pair(tensors[name], quant, expected[name])
+        else:
+            out[name] = _cast(*tensors[name](), dtype)
+    return out
+
+
+def _quantization(quantize, quantize_vision, quantize_lm_head):
+    from .quantize import Quantization
+
+    if quantize is None:
+        if quantize_vision or quantize_lm_head:
+            raise ValueError("--quantize-vision / --quantize-lm-head need --quantize int8 or int4")
+        return None
+    return Quantization(quantize, bool(quantize_vision), bool(quantize_lm_head))
+
+
 def _refuse_unexpected(names: list, ignore: bool) -> None:
     if names and not ignore:
         shown = ", ".join(names[:40]) + (f" ... and {len(names) - 40} more" if len(names) > 40 else "")
@@ -98,7 +149,7 @@ def _refuse_unexpected(names: list, ignore: bool) -> None:
 
 
 def _finish(out_dir, config, tensors, names_to_shapes, token_dir: Path, dtype, shard_bytes, progress,
-            unexpected: list, ignore_unexpected: bool):
+            unexpected: list, ignore_unexpected: bool, quant=None):
     vision, text = config["vision_config"], config["text_config"]
     expected = siglip_tensors(vision)
     n_groups = len(config["connector"]["groups"])
@@ -127,8 +178,12 @@ def _finish(out_dir, config, tensors, names_to_shapes, token_dir: Path, dtype, s
     copied = [name for name in TOKENIZER_FILES if (token_dir / name).is_file()]
     if "tokenizer.json" not in copied:
         raise ConversionError(f"{token_dir}: no tokenizer.json (eyecare reads tokenizers with the `tokenizers` library)")
-    arrays = {name: _cast(*tensors[name](), dtype) for name in sorted(expected)}
-    written = write_checkpoint(out, config, arrays, shard_bytes=shard_bytes, progress=progress)
+    metadata = None
+    if quant is not None:
+        config = {**config, "quantization": quant.to_config()}
+        metadata = {"quantization": quant.method, "block_size": quant.to_config()["block_size"]}
+    arrays = _outputs(expected, tensors, dtype, quant)
+    written = write_checkpoint(out, config, arrays, shard_bytes=shard_bytes, progress=progress, metadata=metadata)
     for name in copied:
         shutil.copyfile(token_dir / name, out / name)
     return written
@@ -143,13 +198,15 @@ def _opened(ckpt):
 
 def convert_parts(vision_dir, llm_dir, connector_file, out_dir, *, connector: dict | None = None,
                   adaptive_resolution: dict | None = None, dtype: str | None = None, shard_bytes: int = 4 << 30,
-                  progress=None, ignore_unexpected: bool = False):
+                  progress=None, ignore_unexpected: bool = False, quantize: str | None = None,
+                  quantize_vision: bool = False, quantize_lm_head: bool = False):
     """(a): a Hugging Face SigLIP checkpoint + a Phi-3 / Qwen2 checkpoint + the projector's weights
     (names ``0.weight``, ``2.bias``..., optionally under ``mm_projector.``, ``projector.`` or
     ``connector.projector.``). A tensor that fits nowhere stops the conversion unless ignore_unexpected."""
     vision_dir, llm_dir = Path(vision_dir), Path(llm_dir)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+    quant = _quantization(quantize, quantize_vision, quantize_lm_head)
     vision = _vision_config(_json(vision_dir / "config.json"))
     text = _json(llm_dir / "config.json")
     tensors, shapes, unexpected = {}, {}, []
@@ -166,7 +223,7 @@ def convert_parts(vision_dir, llm_dir, connector_file, out_dir, *, connector: di
                     unexpected.append(f"{name} ({Path(where).name})")
         config = _eyecare_config(vision, text, connector, adaptive_resolution)
         return _finish(out_dir, config, tensors, shapes, llm_dir, dtype, shard_bytes, progress, unexpected,
-                       ignore_unexpected)
+                       ignore_unexpected, quant)
 
 
 def _siglip_unused(name: str) -> bool:
@@ -223,12 +280,14 @@ def _llava_text_config(cfg: dict, model_type: str | None) -> dict:
 
 def convert_llava(llava_dir, out_dir, *, vision_config=None, text_model_type: str | None = None,
                   connector: dict | None = None, adaptive_resolution: dict | None = None, dtype: str | None = None,
-                  shard_bytes: int = 4 << 30, progress=None, ignore_unexpected: bool = False):
+                  shard_bytes: int = 4 << 30, progress=None, ignore_unexpected: bool = False,
+                  quantize: str | None = None, quantize_vision: bool = False, quantize_lm_head: bool = False):
     """(b): a LLaVA-style merged checkpoint. Its config.json gives the LLM's config (model_type
     llava_phi3 / llava_qwen2 ... or text_model_type), ``mm_vision_select_layer`` the feature layer; the
     SigLIP config comes from its ``vision_config`` or from ``vision_config`` (a dict or a config.json path).
     A tensor that fits nowhere (e.g. ``model.image_newline``) stops the conversion unless ignore_unexpected."""
     llava_dir = Path(llava_dir)
+    quant = _quantization(quantize, quantize_vision, quantize_lm_head)
     cfg = _json(llava_dir / "config.json")
     if cfg.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
         raise ConversionError(f"projector type {cfg['mm_projector_type']!r} is not mlp2x_gelu, the one EyecareGPT uses")
@@ -256,4 +315,27 @@ def convert_llava(llava_dir, out_dir, *, vision_config=None, text_model_type: st
                 unexpected.append(name)
         config = _eyecare_config(vision, text, conn, adaptive_resolution)
         return _finish(out_dir, config, tensors, shapes, llava_dir, dtype, shard_bytes, progress, unexpected,
-                       ignore_unexpected)
+                       ignore_unexpected, quant)
+
+
+def convert_checkpoint(checkpoint_dir, out_dir, *, quantize: str | None = None, quantize_vision: bool = False,
+                       quantize_lm_head: bool = False, dtype: str | None = None, shard_bytes: int = 4 << 30,
+                       progress=None):
+    """An EyecareGPT checkpoint directory re-written: quantized (``quantize``), or cast (``dtype``). Its
+    config, connector settings and tokenizer files are kept. A checkpoint already quantized is refused:
+    its full-precision weights are gone, so quantize its original instead."""
+    from .checkpoint import read_config
+
+    checkpoint_dir = Path(checkpoint_dir)
+    if Path(out_dir).resolve() == checkpoint_dir.resolve():
+        raise ConversionError(f"{out_dir}: write the converted checkpoint to another directory than its source")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+    quant = _quantization(quantize, quantize_vision, quantize_lm_head)
+    config = read_config(checkpoint_dir)
+    if config.get("quantization") is not None:
+        raise ConversionError(f"{checkpoint_dir} is already quantized ({config['quantization'].get('method')}); "
+                              "convert its full-precision original")
+    with open_safetensors(checkpoint_dir) as ckpt:
+        tensors, shapes = _opened(ckpt)
+        return _finish(out_dir, config, tensors, shapes, checkpoint_dir, dtype, shard_bytes, progress, [], True, quant)

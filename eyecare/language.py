@@ -84,25 +84,32 @@ def _detect_prefix(ckpt) -> str:
     return "language_model." if any(n.startswith("language_model.") for n in names) else ""
 
 
-def check_decoder_checkpoint(ckpt, config: DecoderConfig, prefix: str = "") -> None:
+def check_decoder_checkpoint(ckpt, config: DecoderConfig, prefix: str = "", stored=None) -> None:
     """Checks every tensor of the decoder in an open safetensors checkpoint (presence, shape, dtype) and
-    that nothing under `prefix` is left unused; raises eyecare.FormatError listing every problem."""
-    expected = config.checkpoint_tensors()
+    that nothing under `prefix` is left unused; raises eyecare.FormatError listing every problem.
+    stored: the checkpoint's eyecare.quantize.Quantization, when its linear layers are stored quantized
+    (each as packed integers and scales)."""
+    from .quantize import expected_tensors
+
+    expected = expected_tensors(config.checkpoint_tensors(), stored)
     present = {n[len(prefix):] for n in ckpt.names() if n.startswith(prefix)}
     missing = sorted(prefix + n for n in expected if n not in present)
     misshapen, bad_dtype = [], []
-    for name, shape in expected.items():
+    for name, (shape, want_dtype) in expected.items():
         if name not in present:
             continue
         dtype, got = ckpt.info(prefix + name)
         if tuple(got) != shape:
             misshapen.append(f"{prefix}{name} {list(got)} (expected {list(shape)})")
-        elif dtype not in _DTYPES:
+        elif want_dtype is not None and dtype != want_dtype:
+            bad_dtype.append(f"{prefix}{name} {dtype} (expected {want_dtype})")
+        elif want_dtype is None and dtype not in _DTYPES:
             bad_dtype.append(f"{prefix}{name} {dtype}")
+    tied_head = {"lm_head.weight", "lm_head.qweight", "lm_head.scales"} if config.tie_word_embeddings else set()
     unexpected = sorted(prefix + n for n in present if n not in expected and not n.endswith(_IGNORED_SUFFIXES)
-                        and not (config.tie_word_embeddings and n == "lm_head.weight"))
+                        and n not in tied_head)
     parts = []
-    for label, items in (("missing", missing), ("misshapen", misshapen), ("not F32/F16/BF16", bad_dtype),
+    for label, items in (("missing", missing), ("misshapen", misshapen), ("of the wrong dtype", bad_dtype),
                          ("unexpected", unexpected)):
         if items:
             parts.append(f"{len(items)} {label}: " + ", ".join(items))
@@ -112,13 +119,27 @@ def check_decoder_checkpoint(ckpt, config: DecoderConfig, prefix: str = "") -> N
                                 f"of this config{where}: " + "; ".join(parts))
 
 
-def load_decoder_weights(ckpt, config: DecoderConfig, prefix: str = "") -> dict:
-    """Checks the checkpoint, then uploads the decoder's weights in their stored dtype and returns them
-    under the names eyecare._core.Decoder takes (Phi-3's layout: Qwen2's q/k/v and gate/up projections
-    are concatenated into qkv_proj and gate_up_proj, one layer at a time, so that each costs one mat-vec)."""
-    check_decoder_checkpoint(ckpt, config, prefix)
+def load_decoder_weights(ckpt, config: DecoderConfig, prefix: str = "", quantize: str | None = None,
+                         quantize_lm_head: bool = False, stored=None) -> dict:
+    """Checks the checkpoint, then uploads the decoder's weights and returns them under the names
+    eyecare._core.Decoder takes (Phi-3's layout: Qwen2's q/k/v and gate/up projections are concatenated
+    into qkv_proj and gate_up_proj, one layer at a time, so that each costs one mat-vec).
 
-    def fused(names):
+    Weights keep their stored dtype, except with ``quantize`` ('int8' or 'int4'): the linear layers (and the
+    lm_head with quantize_lm_head) are quantized one tensor at a time as they are uploaded (eyecare/quantize.py).
+    ``stored``: the checkpoint's own quantization (config.json's ``quantization``), whose weights are read packed."""
+    from . import quantize as Q
+
+    quant = Q.plan(stored, quantize, lm_head=quantize_lm_head)
+    check_decoder_checkpoint(ckpt, config, prefix, stored)
+    shapes = config.checkpoint_tensors()
+
+    def fused(names, name):
+        if quant is not None and quant.applies(name):
+            # Quantization is per row, so the parts' rows quantized one by one and stacked are the fused weight's.
+            parts = [Q.load_packed(ckpt, prefix + n, shapes[n], stored, quant.method) for n in names]
+            return Q.to_device(np.concatenate([p for p, _ in parts]), np.concatenate([s for _, s in parts]),
+                               quant.method, shapes[names[0]][1])
         dtypes = {ckpt.info(prefix + n)[0] for n in names}
         arrays = [ckpt.get(prefix + n) for n in names]
         if len(dtypes) == 1:
@@ -137,9 +158,9 @@ def load_decoder_weights(ckpt, config: DecoderConfig, prefix: str = "") -> dict:
                 fusions[f"{p}self_attn.qkv_proj.{kind}"] = [f"{p}self_attn.{x}_proj.{kind}" for x in "qkv"]
             fusions[f"{p}mlp.gate_up_proj.weight"] = [f"{p}mlp.gate_proj.weight", f"{p}mlp.up_proj.weight"]
     parts = {n for names in fusions.values() for n in names}
-    weights = {n: ckpt.to_device(prefix + n) for n in config.checkpoint_tensors() if n not in parts}
+    weights = {n: Q.load_weight(ckpt, prefix + n, shape, stored, quant) for n, shape in shapes.items() if n not in parts}
     for name, names in fusions.items():
-        weights[name] = fused(names)
+        weights[name] = fused(names, name)
     return weights
 
 
@@ -262,7 +283,8 @@ class LanguageModel:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device=None, max_context: int = 4096, max_batch: int = 1,
-                        prefix: str | None = None, prefill_chunk: int = 256, kv_cache_dtype: str = "float16") -> "LanguageModel":
+                        prefix: str | None = None, prefill_chunk: int = 256, kv_cache_dtype: str = "float16",
+                        quantize: str | None = None, quantize_lm_head: bool = False) -> "LanguageModel":
         """Loads a checkpoint directory: config.json, the safetensors file(s), and when present
         tokenizer.json / tokenizer_config.json / generation_config.json.
 
@@ -272,7 +294,10 @@ class LanguageModel:
         (default: 'language_model.' when the checkpoint has such names, as EyecareGPT's do, else none).
         prefill_chunk: prompt tokens processed per device batch (bounds the activation memory).
         kv_cache_dtype: 'float16' (default: half the cache memory, and half the bytes each decode step reads
-        from it; keys and values rounded to f16) or 'float32' (kept exactly as computed)."""
+        from it; keys and values rounded to f16) or 'float32' (kept exactly as computed).
+        quantize: 'int8' or 'int4' quantizes the linear layers while loading (quantize_lm_head: the lm_head too);
+        a checkpoint stored quantized (config.json's ``quantization``) loads as stored."""
+        from .quantize import Quantization
         from .safetensors import open_safetensors
 
         path = os.fspath(path)
@@ -288,18 +313,21 @@ class LanguageModel:
         with open_safetensors(path) as ckpt:
             if prefix is None:
                 prefix = _detect_prefix(ckpt)
-            weights = load_decoder_weights(ckpt, config, prefix)
+            weights = load_decoder_weights(ckpt, config, prefix, quantize, quantize_lm_head, Quantization.from_config(raw))
         return cls(config, weights, tokenizer, generation_config, max_context=max_context, max_batch=max_batch,
                    prefill_chunk=prefill_chunk, kv_cache_dtype=kv_cache_dtype)
 
     @classmethod
     def from_safetensors(cls, ckpt, config: DecoderConfig | dict, prefix: str = "", tokenizer: Tokenizer | None = None,
-                         generation_config: dict | None = None, **kwargs) -> "LanguageModel":
+                         generation_config: dict | None = None, quantize: str | None = None,
+                         quantize_lm_head: bool = False, stored_quantization=None, **kwargs) -> "LanguageModel":
         """From an already open safetensors checkpoint (e.g. the one an EyecareGPT model also reads its
-        vision tower from) and a config (DecoderConfig or a config.json dict)."""
+        vision tower from) and a config (DecoderConfig or a config.json dict). quantize, quantize_lm_head and
+        stored_quantization: as load_decoder_weights takes them."""
         if isinstance(config, dict):
             config = DecoderConfig.from_dict(config)
-        return cls(config, load_decoder_weights(ckpt, config, prefix), tokenizer, generation_config, **kwargs)
+        weights = load_decoder_weights(ckpt, config, prefix, quantize, quantize_lm_head, stored_quantization)
+        return cls(config, weights, tokenizer, generation_config, **kwargs)
 
     def close(self):
         """Frees the cache, activations and weights now rather than when the object is collected."""

@@ -80,7 +80,8 @@ class EyecareGPT:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device=None, *, max_context: int = 4096, max_batch: int = 1,
                         max_views: int | None = None, max_device_memory: int | str | None = None,
-                        progress: bool = True, kv_cache_dtype: str = "float16") -> "EyecareGPT":
+                        progress: bool = True, kv_cache_dtype: str = "float16", quantize: str | None = None,
+                        quantize_vision: bool = False, quantize_lm_head: bool = False) -> "EyecareGPT":
         """Loads an EyecareGPT checkpoint directory (config.json, model.safetensors or shards + index,
         tokenizer.json, tokenizer_config.json, generation_config.json).
 
@@ -89,12 +90,17 @@ class EyecareGPT:
         generate() runs together. max_views: views per vision pass. max_device_memory: a cap on what
         eyecare allocates on the device (bytes, or '8G'). kv_cache_dtype: 'float16' (the default: half the
         cache memory and the bytes a decode step reads) or 'float32' (the cache bit for bit as computed).
+        quantize: 'int8' or 'int4' quantizes the language
+        model's linear layers while loading, one tensor at a time (quantize_vision: the vision tower's too;
+        quantize_lm_head: the lm_head's); see docs/quantization.md. A checkpoint written quantized by
+        `eyecare convert --quantize` loads quantized without it.
 
         Every missing or misshapen tensor is named in one FormatError before anything is uploaded."""
         from . import _core
         from .config import DecoderConfig
         from .language import LanguageModel, _read_json
         from .processor import EyecareProcessor
+        from .quantize import Quantization, expected_tensors, load_weight, plan
         from .safetensors import open_safetensors
         from .tokenizer import Tokenizer
         from .vision import VisionTower, check_config
@@ -111,24 +117,29 @@ class EyecareGPT:
         if tokenizer is None:
             raise FileNotFoundError(f"{path}: no tokenizer.json")
         generation_config = _read_json(os.path.join(path, "generation_config.json"))
+        stored = Quantization.from_config(config)
+        quant = plan(stored, quantize, vision=quantize_vision, lm_head=quantize_lm_head)
         with open_safetensors(path) as ckpt:
             expected = _expected_tensors(config, text_config)
-            _check_checkpoint(ckpt, expected, path)
+            _check_checkpoint(ckpt, expected_tensors(expected, stored), path)
             wanted_vision = [n for n in expected if n.startswith(VISION_PREFIX) or n.startswith(CONNECTOR_PREFIX)]
             wanted_vision = [n for n in wanted_vision if _vision_layer(n) is None or _vision_layer(n) < layers_run]
             wanted_vision = [n for n in wanted_vision if ".post_layernorm." not in n]
-            itemsize = {"F32": 4, "F16": 2, "BF16": 2}
-            total = sum(itemsize.get(ckpt.info(n)[0], 4) * int(np.prod(ckpt.info(n)[1])) for n in expected if n in ckpt)
+            itemsize = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1}
+            total = sum(itemsize.get(ckpt.info(n)[0], 4) * int(np.prod(ckpt.info(n)[1])) for n in ckpt.names())
             vision_weights = {}
             with _progress(total, progress) as bar:
                 for name in wanted_vision:
-                    vision_weights[name] = ckpt.to_device(name)
+                    vision_weights[name] = load_weight(ckpt, name, expected[name], stored, quant)
                     bar.update(vision_weights[name].nbytes)
                 vision = VisionTower(config, vision_weights, vision_prefix=VISION_PREFIX + "vision_model.",
                                      connector_prefix=CONNECTOR_PREFIX, max_views=max_views)
                 language = LanguageModel.from_safetensors(ckpt, text_config, prefix=LANGUAGE_PREFIX, tokenizer=tokenizer,
                                                           generation_config=generation_config, max_context=max_context,
-                                                          max_batch=max_batch, kv_cache_dtype=kv_cache_dtype)
+                                                          max_batch=max_batch, kv_cache_dtype=kv_cache_dtype,
+                                                          quantize=quant.method if quant else None,
+                                                          quantize_lm_head=quant.lm_head if quant else False,
+                                                          stored_quantization=stored)
                 bar.update(bar.total - bar.n)
         return cls(config, processor, vision, language, path)
 
@@ -339,13 +350,17 @@ def _expected_tensors(config: dict, text_config) -> dict:
 
 
 def _check_checkpoint(ckpt, expected: dict, path: str) -> None:
-    """One FormatError naming every missing and misshapen tensor (and listing unexpected ones)."""
+    """One FormatError naming every missing, misshapen or mistyped tensor (and listing unexpected ones).
+    expected: name -> (shape, dtype), dtype None for any float type (eyecare.quantize.expected_tensors)."""
     from . import _core
 
     found = {n: tuple(ckpt.info(n)[1]) for n in ckpt.names()}
     optional = {n for n in expected if ".post_layernorm." in n}
     missing = sorted(n for n in expected if n not in found and n not in optional)
-    wrong = sorted(f"{n} is {found[n]}, expected {expected[n]}" for n in expected if n in found and found[n] != tuple(expected[n]))
+    wrong = sorted(f"{n} is {found[n]}, expected {expected[n][0]}" for n in expected
+                   if n in found and found[n] != tuple(expected[n][0]))
+    wrong += sorted(f"{n} is {ckpt.info(n)[0]}, expected {expected[n][1]}" for n in expected
+                    if n in found and expected[n][1] is not None and ckpt.info(n)[0] != expected[n][1])
     unexpected = sorted(n for n in found if n not in expected)
     if missing or wrong:
         lines = [f"{path}: the checkpoint does not match its config.json:"]

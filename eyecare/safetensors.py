@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from . import _core
 
 #: The type of the objects :func:`open_safetensors` returns. Its methods:
@@ -38,7 +40,7 @@ from . import _core
 #: - ``path``, ``closed``.
 SafetensorsFile = _core.safetensors_file_type()
 
-__all__ = ["SafetensorsFile", "open_safetensors", "save_safetensors"]
+__all__ = ["SafetensorsFile", "open_safetensors", "save_safetensors", "LazyTensor"]
 
 
 def open_safetensors(path: str | os.PathLike) -> SafetensorsFile:
@@ -57,34 +59,68 @@ def open_safetensors(path: str | os.PathLike) -> SafetensorsFile:
 
 _NUMPY_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
                  "int16": "I16", "int8": "I8", "uint8": "U8", "uint16": "U16", "uint32": "U32", "bool": "BOOL"}
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
+             "U32": 4, "BOOL": 1}
+
+
+class LazyTensor:
+    """A tensor whose values are made only when save_safetensors writes it (``load()`` returns the array),
+    so that a converter holds one tensor's values at a time. ``shape`` and ``dtype`` (a safetensors dtype:
+    "U8", "F16", ...) are known up front, for the header."""
+
+    def __init__(self, shape, dtype: str, load):
+        if dtype not in _ITEMSIZE:
+            raise ValueError(f"unknown safetensors dtype {dtype!r}")
+        self.shape, self.dtype, self.load = tuple(int(s) for s in shape), dtype, load
+
+    @property
+    def nbytes(self) -> int:
+        n = _ITEMSIZE[self.dtype]
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def _describe(name: str, value):
+    """(dtype, shape, nbytes) of a value save_safetensors takes."""
+    if isinstance(value, LazyTensor):
+        return value.dtype, list(value.shape), value.nbytes
+    if isinstance(value, tuple):
+        array, dtype = value
+        if dtype == "BF16" and array.dtype != np.uint16:
+            raise ValueError(f"{name}: BF16 data must be given as uint16 bits")
+    else:
+        array = value
+        dtype = _NUMPY_DTYPES.get(array.dtype.name)
+        if dtype is None:
+            raise ValueError(f"{name}: cannot store a {array.dtype} array in safetensors")
+    return dtype, list(array.shape), array.nbytes
+
+
+def _array(name: str, value, dtype: str, shape: list):
+    if isinstance(value, LazyTensor):
+        array = np.asarray(value.load())
+        made = "BF16" if dtype == "BF16" and array.dtype == np.uint16 else _NUMPY_DTYPES.get(array.dtype.name)
+        if list(array.shape) != shape or made != dtype:
+            raise ValueError(f"{name}: made a {array.dtype} array of shape {list(array.shape)}, not {dtype} {shape}")
+        return array
+    return value[0] if isinstance(value, tuple) else value
 
 
 def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
     """Writes a safetensors file (the converter's and ``eyecare make-tiny``'s writer; no torch needed).
 
-    ``tensors`` maps names to NumPy arrays, or to ``(uint16_array, "BF16")`` for bfloat16 bits (NumPy has
-    no bfloat16). The file is written to a temporary name and renamed, so a failed write never leaves a
-    truncated checkpoint behind."""
+    ``tensors`` maps names to NumPy arrays, to ``(uint16_array, "BF16")`` for bfloat16 bits (NumPy has no
+    bfloat16), or to LazyTensor. Tensors are written one at a time. The file is written to a temporary name
+    and renamed, so a failed write never leaves a truncated checkpoint behind."""
     import json
 
-    import numpy as np
-
-    header, blobs, offset = {}, [], 0
+    header, offset, order = {}, 0, []
     for name in sorted(tensors):
-        value = tensors[name]
-        if isinstance(value, tuple):
-            array, dtype = np.ascontiguousarray(value[0]), value[1]
-            if dtype == "BF16" and array.dtype != np.uint16:
-                raise ValueError(f"{name}: BF16 data must be given as uint16 bits")
-        else:
-            array = np.ascontiguousarray(value)
-            dtype = _NUMPY_DTYPES.get(array.dtype.name)
-            if dtype is None:
-                raise ValueError(f"{name}: cannot store a {array.dtype} array in safetensors")
-        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
+        dtype, shape, nbytes = _describe(name, tensors[name])
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        order.append(name)
+        offset += nbytes
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -94,8 +130,9 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | No
         with open(tmp, "wb") as f:
             f.write(len(text).to_bytes(8, "little"))
             f.write(text)
-            for blob in blobs:
-                f.write(blob)
+            for name in order:
+                array = np.ascontiguousarray(_array(name, tensors[name], header[name]["dtype"], header[name]["shape"]))
+                f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -137,10 +137,14 @@ class VisionTower:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, all_layers: bool = False, max_views: int | None = None,
-                        vision_prefix: str = VISION_PREFIX, connector_prefix: str = CONNECTOR_PREFIX) -> "VisionTower":
+                        vision_prefix: str = VISION_PREFIX, connector_prefix: str = CONNECTOR_PREFIX,
+                        quantize: str | None = None) -> "VisionTower":
         """Loads the tower from a checkpoint directory (config.json + safetensors, docs/architecture.md, 2). Only the
         weights the connector uses go to the device, in their stored dtype; ``all_layers`` also loads the
-        encoder layers past them (for :meth:`hidden_states`)."""
+        encoder layers past them (for :meth:`hidden_states`). quantize: 'int8' or 'int4' quantizes the
+        encoder's linear layers while loading; a checkpoint stored with them quantized loads them packed."""
+        from .checkpoint import siglip_tensors
+        from .quantize import Quantization, load_weight, plan
         from .safetensors import open_safetensors
 
         path = os.fspath(path)
@@ -148,14 +152,27 @@ class VisionTower:
             config = json.load(f)
         sizes = check_config(config)
         limit = vision_settings(config)["num_hidden_layers"] if all_layers else sizes["layers_run"]
+        stored = Quantization.from_config(config)
+        quant = plan(stored, quantize, vision=quantize is not None)
+        shapes = {}
+        if isinstance(config.get("vision_config"), Mapping):
+            shapes = siglip_tensors({"num_channels": 3, **config["vision_config"]})
+            shapes = {vision_prefix + n[len(VISION_PREFIX + "vision_model."):]: s for n, s in shapes.items()}
         weights = {}
         with open_safetensors(path) as ckpt:
             for name in ckpt.names():
+                if stored is not None and name.endswith((".qweight", ".scales")):
+                    if name.endswith(".scales"):
+                        continue
+                    name = name[:-len(".qweight")] + ".weight"   # read packed by load_weight
                 layer = _layer_of(name, vision_prefix)
                 wanted = (name.startswith(vision_prefix + "embeddings.") or name.startswith(connector_prefix + "projector.")
                           or (layer is not None and layer < limit))
                 if wanted:
-                    weights[name] = ckpt.to_device(name)
+                    if name not in shapes and name not in ckpt:
+                        raise _core.FormatError(f"{path}: {name[:-len('.weight')]}.qweight is no weight of the vision tower")
+                    shape = shapes[name] if name in shapes else tuple(ckpt.info(name)[1])
+                    weights[name] = load_weight(ckpt, name, shape, stored, quant)
         return cls(config, weights, vision_prefix=vision_prefix, connector_prefix=connector_prefix, max_views=max_views)
 
     # -- sizes ------------------------------------------------------------------------------------

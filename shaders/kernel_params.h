@@ -27,6 +27,8 @@
 #define EC_W_F32 0
 #define EC_W_F16 1
 #define EC_W_BF16 2
+#define EC_W_Q8 3   /* block-quantized int8 (csrc/vk/tensor.h): read only by matvec_q and matmul_q */
+#define EC_W_Q4 4   /* block-quantized int4 */
 
 /* ---- matmul (GEMM) and matvec (decode): y[M,N] = x[M,K] W[N,K]^T (+ bias) (+ y) ---- */
 struct ec_matmul_push {
@@ -51,6 +53,20 @@ struct ec_matvec_push {
 /* bias dtype; W rows per workgroup; x vectors (M, at most 8); input transform (0 none, 1 RMSNorm, 2 silu-gated);
  * the RMSNorm weight's dtype */
 #define EC_MATVEC_SPEC(X) X(2, BTYPE, 0) X(3, ROWS, 16) X(4, NM, 1) X(5, PRE, 0) X(6, GTYPE, 0)
+
+/* ---- matvec_q (decode) and matmul_q (GEMM): the same product with an int8/int4 block-quantized W ----
+ * A dispatch covers rows n_first .. n_first + N - 1 of W (all of them unless W is past the texel reach and
+ * is read in pieces): its row n is row n_first + n of W, of the bias, and column n_first + n of y. W's packed
+ * integers and its f16 scales come through two texel views; w_off (texels) and s_off (scales) say where
+ * row n_first starts in them. */
+struct ec_matmul_q_push {
+    EC_UINT M, N, K;
+    EC_UINT x_off, y_off, y_stride;  /* y element (m, n) = y_off + m * y_stride + n_first + n */
+    EC_UINT n_first, w_off, s_off;
+    EC_UINT has_bias, accumulate, aligned;  /* aligned: K is a whole number of blocks */
+};
+#define EC_MATMUL_Q_SPEC(X) X(2, BTYPE, 0) X(3, TM, 8) X(4, TN, 8)      /* bias dtype; rows x columns per invocation */
+#define EC_MATVEC_Q_SPEC(X) X(2, BTYPE, 0) X(3, ROWS, 16) X(4, NM, 1)   /* bias dtype; W rows per workgroup; x vectors (M, at most 8) */
 
 /* ---- add: o[i] = a[i] + alpha * b[(b_start + i) % nb] ---- */
 struct ec_add_push {
@@ -191,6 +207,8 @@ typedef struct { uint32_t w[8]; } ec_spec_words;
     }
 EC_SPEC_STRUCT(matmul, EC_MATMUL_SPEC)
 EC_SPEC_STRUCT(matvec, EC_MATVEC_SPEC)
+EC_SPEC_STRUCT(matmul_q, EC_MATMUL_Q_SPEC)
+EC_SPEC_STRUCT(matvec_q, EC_MATVEC_Q_SPEC)
 EC_SPEC_STRUCT(add, EC_ADD_SPEC)
 EC_SPEC_STRUCT(norm, EC_NORM_SPEC)
 EC_SPEC_STRUCT(activation, EC_ACTIVATION_SPEC)

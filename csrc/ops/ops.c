@@ -12,11 +12,12 @@
  * (shaders/kernel_params.h, which the shader includes too). */
 
 #define KERNEL(name, bindings, push) {#name, ec_spv_##name, sizeof ec_spv_##name, bindings, sizeof(struct ec_##push##_push)}
-enum { K_matmul, K_matvec, K_add, K_norm, K_activation, K_softmax, K_rope, K_attention, K_embedding,
-       K_copy2d, K_pool2d, K_argmax, K_patchify, K_peak_fma, K_attention_decode, K_attention_combine, K_copy2d_f16,
-       K_rope_kv, K_attention_tiled };
+enum { K_matmul, K_matvec, K_matmul_q, K_matvec_q, K_add, K_norm, K_activation, K_softmax, K_rope, K_attention,
+       K_embedding, K_copy2d, K_pool2d, K_argmax, K_patchify, K_peak_fma, K_attention_decode, K_attention_combine,
+       K_copy2d_f16, K_rope_kv, K_attention_tiled };
 const ec_kernel_def ec_kernels[] = {
-    KERNEL(matmul, "STTS", matmul),   KERNEL(matvec, "TTTST", matvec),       KERNEL(add, "SSS", add),
+    KERNEL(matmul, "STTS", matmul),   KERNEL(matvec, "TTTST", matvec),       KERNEL(matmul_q, "STTTS", matmul_q),
+    KERNEL(matvec_q, "TTTTS", matmul_q), KERNEL(add, "SSS", add),
     KERNEL(norm, "STTS", norm),       KERNEL(activation, "SSS", activation), KERNEL(softmax, "SS", softmax),
     KERNEL(rope, "SS", rope),         KERNEL(attention, "STTSS", attention), KERNEL(embedding, "STS", embedding),
     KERNEL(copy2d, "SS", copy2d),     KERNEL(pool2d, "SS", pool2d),         KERNEL(argmax, "SS", argmax),
@@ -47,7 +48,8 @@ static ec_status pipeline_get(ec_context *ctx, int kernel, ec_spec_words spec, e
             return ec_fail(EC_ERR_ARG, "internal: a %s pipeline dispatched as %s", ec_kernels[p->kernel].name, #k); \
         return ec_dispatch(ctx, p, bind, pc, gx, gy, gz);                                                      \
     }
-DISPATCHER(matmul, matmul) DISPATCHER(matvec, matvec) DISPATCHER(add, add) DISPATCHER(norm, norm)
+DISPATCHER(matmul, matmul) DISPATCHER(matvec, matvec) DISPATCHER(matmul_q, matmul_q) DISPATCHER(matvec_q, matmul_q)
+DISPATCHER(add, add) DISPATCHER(norm, norm)
 DISPATCHER(activation, activation) DISPATCHER(softmax, softmax) DISPATCHER(rope, rope)
 DISPATCHER(attention, attention) DISPATCHER(embedding, embedding) DISPATCHER(copy2d, copy2d)
 DISPATCHER(pool2d, pool2d) DISPATCHER(argmax, argmax) DISPATCHER(patchify, patchify) DISPATCHER(peak_fma, peak_fma)
@@ -70,7 +72,16 @@ static uint32_t groups_for(ec_context *ctx, uint64_t items, uint32_t per_group)
     return g ? (uint32_t)g : 1;
 }
 
-static uint32_t wtype(const ec_tensor *t) { return t->dtype == EC_F16 ? EC_W_F16 : t->dtype == EC_BF16 ? EC_W_BF16 : EC_W_F32; }
+static uint32_t wtype(const ec_tensor *t)
+{
+    switch (t->dtype) {
+    case EC_F16: return EC_W_F16;
+    case EC_BF16: return EC_W_BF16;
+    case EC_Q8: return EC_W_Q8;
+    case EC_Q4: return EC_W_Q4;
+    default: return EC_W_F32;
+    }
+}
 
 /* ------------------------------------------------------------------------------------------------
  * Operand checks and bindings */
@@ -88,8 +99,16 @@ static ec_status need_f32(const ec_tensor *t, const char *what)
 static ec_status need_weight(const ec_tensor *t, const char *what)
 {
     if (!t) return ec_fail(EC_ERR_ARG, "%s is missing", what);
-    if (t->dtype == EC_I32) return ec_fail(EC_ERR_ARG, "%s must be float32, float16 or bfloat16, not int32", what);
+    if (t->dtype == EC_I32 || ec_dtype_quantized(t->dtype))
+        return ec_fail(EC_ERR_ARG, "%s must be float32, float16 or bfloat16, not %s", what, ec_dtype_name(t->dtype));
     return EC_OK;
+}
+
+/* A matmul's W may also be block-quantized (int8, int4). */
+static ec_status need_matmul_weight(const ec_tensor *t)
+{
+    if (t && ec_dtype_quantized(t->dtype)) return EC_OK;
+    return need_weight(t, "matmul weight");
 }
 
 static ec_status need_same_context(ec_context *ctx, const ec_tensor *t)
@@ -128,12 +147,73 @@ ec_cols ec_whole(ec_tensor *t)
  * matmul: the GEMM for many rows, the mat-vec for a few (decode) */
 
 #define MATVEC_MAX_ROWS 8
+#define MATVEC_ROWS_PER_GROUP 16
+
+/* The same product with W block-quantized (int8/int4): matvec_q for a few rows of x, matmul_q for many.
+ * Both read W's packed integers and scales where they lie and dequantize in registers. A weight past the
+ * device's texel reach is read in pieces of whole rows (ec_bind_quantized), each writing its columns of y. */
+static ec_status matmul_quantized(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bias, ec_tensor *y, int accumulate,
+                                  int64_t M, int64_t N, int64_t K)
+{
+    ec_binding bind[5];
+    if (bias) EC_TRY(ec_bind_texel(bias, &bind[3])); /* without a bias, binding 3 gets W's view (unread) */
+    struct ec_matmul_q_push pc = {.K = (uint32_t)K, .y_stride = (uint32_t)N, .has_bias = bias != NULL,
+                                  .accumulate = accumulate != 0, .aligned = K % EC_QBLOCK == 0};
+    uint32_t btype = bias ? wtype(bias) : 0;
+    uint64_t piece = ec_quantized_rows_per_view(w);
+    if (piece == 0) return ec_fail(EC_ERR_ARG, "matmul: one row of a quantized weight exceeds the device's texel-buffer reach");
+    if (piece > (uint64_t)N) piece = (uint64_t)N;
+    ec_pipeline *p;
+
+    if (M <= MATVEC_MAX_ROWS && rows_per_binding(ctx, N) >= (uint64_t)M) {
+        EC_TRY(PIPELINE(matvec_q, &p, .width = ctx->info.subgroup_size, .wtype = wtype(w), .BTYPE = btype,
+                        .ROWS = MATVEC_ROWS_PER_GROUP, .NM = (uint32_t)M));
+        uint64_t x_skip;
+        EC_TRY(ec_bind_texel_range(x, 0, (uint64_t)M * K * 4, &bind[0], &x_skip));
+        pc.x_off = (uint32_t)(x_skip / 4);
+        EC_TRY(bind_span(y, 0, (uint64_t)M * N, &bind[4], &pc.y_off));
+        pc.M = (uint32_t)M;
+        for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += piece) {
+            uint64_t rows = (uint64_t)N - n0 < piece ? (uint64_t)N - n0 : piece;
+            EC_TRY(ec_bind_quantized(w, (int64_t)n0, (int64_t)rows, &bind[1], &bind[2], &pc.w_off, &pc.s_off));
+            if (!bias) bind[3] = bind[1];
+            pc.N = (uint32_t)rows;
+            pc.n_first = (uint32_t)n0;
+            EC_TRY(dispatch_matvec_q(ctx, p, bind, &pc, (uint32_t)((rows + MATVEC_ROWS_PER_GROUP - 1) / MATVEC_ROWS_PER_GROUP), 1, 1));
+        }
+        return EC_OK;
+    }
+
+    const uint32_t TM = 8, TN = 8;
+    uint32_t width = is_cpu(ctx) ? ctx->info.subgroup_size : 64;
+    EC_TRY(PIPELINE(matmul_q, &p, .width = width, .wtype = wtype(w), .BTYPE = btype, .TM = TM, .TN = TN));
+    uint64_t chunk = rows_per_binding(ctx, K > N ? K : N);
+    if (chunk == 0) return ec_fail(EC_ERR_ARG, "matmul: one row is larger than a storage binding");
+    chunk = chunk / TM * TM;
+    if (chunk == 0) chunk = 1;
+    for (int64_t r0 = 0; r0 < M; r0 += chunk) {
+        int64_t rows = M - r0 < (int64_t)chunk ? M - r0 : (int64_t)chunk;
+        EC_TRY(bind_span(x, (uint64_t)r0 * K, (uint64_t)rows * K, &bind[0], &pc.x_off));
+        EC_TRY(bind_span(y, (uint64_t)r0 * N, (uint64_t)rows * N, &bind[4], &pc.y_off));
+        pc.M = (uint32_t)rows;
+        for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += piece) {
+            uint64_t cols = (uint64_t)N - n0 < piece ? (uint64_t)N - n0 : piece;
+            EC_TRY(ec_bind_quantized(w, (int64_t)n0, (int64_t)cols, &bind[1], &bind[2], &pc.w_off, &pc.s_off));
+            if (!bias) bind[3] = bind[1];
+            pc.N = (uint32_t)cols;
+            pc.n_first = (uint32_t)n0;
+            uint32_t gx = (uint32_t)((cols + width * TN - 1) / (width * TN)), gy = (uint32_t)((rows + TM - 1) / TM);
+            EC_TRY(dispatch_matmul_q(ctx, p, bind, &pc, gx, gy, 1));
+        }
+    }
+    return EC_OK;
+}
 
 /* The shapes of y[M,N] = x[M,K] w[N,K]^T + bias: x is M rows of K values (its tensor's own shape, or for a
  * transformed input the caller's M and K). */
 static ec_status check_matmul(ec_context *ctx, ec_tensor *x, int64_t M, int64_t K, ec_tensor *w, ec_tensor *bias, ec_tensor *y)
 {
-    EC_TRY(need_f32(x, "matmul input x")); EC_TRY(need_weight(w, "matmul weight")); EC_TRY(need_f32(y, "matmul output y"));
+    EC_TRY(need_f32(x, "matmul input x")); EC_TRY(need_matmul_weight(w)); EC_TRY(need_f32(y, "matmul output y"));
     EC_TRY(need_same_context(ctx, x)); EC_TRY(need_same_context(ctx, w)); EC_TRY(need_same_context(ctx, y));
     if (w->ndim != 2) return ec_fail(EC_ERR_ARG, "matmul weight must be 2-D [N, K], not %d-D", w->ndim);
     int64_t N = w->shape[0];
@@ -218,6 +298,7 @@ ec_status ec_op_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *b
     int64_t M = rows_of(x), K = last_dim(x);
     EC_TRY(check_matmul(ctx, x, M, K, w, bias, y));
     if (M == 0 || w->shape[0] == 0) return EC_OK;
+    if (ec_dtype_quantized(w->dtype)) return matmul_quantized(ctx, x, w, bias, y, accumulate, M, w->shape[0], K);
     if (use_matvec(ctx, M, w->shape[0])) return matvec(ctx, x, M, K, (uint32_t)K, 0, 0, NULL, 0.0f, w, bias, y, accumulate);
     return gemm(ctx, x, w, bias, y, accumulate);
 }
@@ -231,7 +312,9 @@ ec_status ec_op_rmsnorm_matmul(ec_context *ctx, ec_tensor *x, ec_tensor *g, floa
     EC_TRY(need_weight(g, "rmsnorm weight")); EC_TRY(need_same_context(ctx, g));
     if (ec_numel(g) != K) return ec_fail(EC_ERR_ARG, "rmsnorm: weight has %lld values for rows of %lld", (long long)ec_numel(g), (long long)K);
     if (M == 0 || w->shape[0] == 0) return EC_OK;
-    if (use_matvec(ctx, M, w->shape[0])) return matvec(ctx, x, M, K, (uint32_t)K, 0, 1, g, eps, w, bias, y, accumulate);
+    /* the fused mat-vec reads f32/f16/bf16 weights; a quantized weight takes the norm, then its own kernels */
+    if (!ec_dtype_quantized(w->dtype) && use_matvec(ctx, M, w->shape[0]))
+        return matvec(ctx, x, M, K, (uint32_t)K, 0, 1, g, eps, w, bias, y, accumulate);
     EC_TRY(ec_op_rmsnorm(ctx, x, g, eps, h));
     return ec_op_matmul(ctx, h, w, bias, y, accumulate);
 }
@@ -243,7 +326,8 @@ ec_status ec_op_silu_mul_matmul(ec_context *ctx, ec_tensor *gate_up, ec_tensor *
     if (last_dim(gate_up) % 2) return ec_fail(EC_ERR_ARG, "silu_mul_matmul: gate | up has an odd number of columns");
     EC_TRY(check_matmul(ctx, gate_up, M, F, w, NULL, y));
     if (M == 0 || w->shape[0] == 0) return EC_OK;
-    if (use_matvec(ctx, M, w->shape[0])) return matvec(ctx, gate_up, M, F, (uint32_t)(2 * F), (uint32_t)F, 2, NULL, 0.0f, w, NULL, y, accumulate);
+    if (!ec_dtype_quantized(w->dtype) && use_matvec(ctx, M, w->shape[0]))
+        return matvec(ctx, gate_up, M, F, (uint32_t)(2 * F), (uint32_t)F, 2, NULL, 0.0f, w, NULL, y, accumulate);
     ec_cols gate = {gate_up, 0, (size_t)(2 * F)}, up = {gate_up, (size_t)F, (size_t)(2 * F)};
     EC_TRY(ec_op_silu_mul(ctx, gate, up, act));
     return ec_op_matmul(ctx, act, w, NULL, y, accumulate);

@@ -136,10 +136,81 @@ static PyObject *py_from_array(PyObject *self, PyObject *args)
     return ec_py_tensor_wrap(t);
 }
 
+static ec_status create_quantized(ec_context *ctx, ec_dtype dtype, const int64_t *shape, const void *data, size_t data_bytes,
+                                  const void *scales, size_t scale_bytes, ec_tensor **out)
+{
+    EC_TRY(ec_tensor_create(ctx, dtype, 2, shape, out));
+    ec_status s = ec_tensor_upload_quantized(*out, data, data_bytes, scales, scale_bytes);
+    if (s) { ec_tensor_destroy(*out); *out = NULL; }
+    return s;
+}
+
+/* _core.quantized_tensor(packed, scales, dtype, k) -> Tensor [N, k] of dtype 'int8' or 'int4': packed is uint8
+ * [N, blocks * 32] (int8) or [N, blocks * 16] (int4), scales float16 [N, blocks], blocks = ceil(k / 32). */
+static PyObject *py_quantized_tensor(PyObject *self, PyObject *args)
+{
+    PyObject *data_obj, *scale_obj;
+    const char *dtype_name;
+    long long k;
+    if (!PyArg_ParseTuple(args, "OOsL", &data_obj, &scale_obj, &dtype_name, &k)) return NULL;
+    ec_dtype dtype;
+    if (strcmp(dtype_name, "int8") == 0) dtype = EC_Q8;
+    else if (strcmp(dtype_name, "int4") == 0) dtype = EC_Q4;
+    else return PyErr_Format(PyExc_ValueError, "quantized dtype '%s' is not 'int8' or 'int4'", dtype_name);
+    PyArrayObject *data = (PyArrayObject *)PyArray_FROMANY(data_obj, NPY_UINT8, 2, 2, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+    if (!data) return NULL;
+    PyArrayObject *scales = (PyArrayObject *)PyArray_FROMANY(scale_obj, NPY_FLOAT16, 2, 2, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+    if (!scales) { Py_DECREF(data); return NULL; }
+    int64_t n = PyArray_DIM(data, 0), blocks = k > 0 ? ec_qblocks(k) : 0;
+    int64_t per_block = dtype == EC_Q4 ? EC_QBLOCK / 2 : EC_QBLOCK;
+    if (k < 1 || n < 1 || PyArray_DIM(data, 1) != blocks * per_block || PyArray_DIM(scales, 0) != n || PyArray_DIM(scales, 1) != blocks) {
+        PyErr_Format(PyExc_ValueError, "a %s weight of %lld columns is packed as [N, %lld] uint8 with [N, %lld] float16 scales "
+                     "(N >= 1), not [%lld, %lld] and [%lld, %lld]", dtype_name, k, (long long)(blocks * per_block), (long long)blocks,
+                     (long long)n, (long long)PyArray_DIM(data, 1), (long long)PyArray_DIM(scales, 0), (long long)PyArray_DIM(scales, 1));
+        Py_DECREF(data); Py_DECREF(scales);
+        return NULL;
+    }
+    ec_context *ctx = ec_py_context();
+    if (!ctx) { Py_DECREF(data); Py_DECREF(scales); return NULL; }
+    int64_t shape[2] = {n, (int64_t)k};
+    ec_tensor *t = NULL;
+    ec_status s;
+    const void *dp = PyArray_DATA(data), *sp = PyArray_DATA(scales);
+    size_t db = (size_t)PyArray_NBYTES(data), sb = (size_t)PyArray_NBYTES(scales);
+    EC_DEVICE_CALL(ctx, s, create_quantized(ctx, dtype, shape, dp, db, sp, sb, &t));
+    Py_DECREF(data);
+    Py_DECREF(scales);
+    if (s) return ec_py_raise(s);
+    return ec_py_tensor_wrap(t);
+}
+
+/* Tensor.packed() -> (uint8 packed integers, float16 scales) of a quantized tensor, read back from the device. */
+static PyObject *tensor_packed(TensorObject *self, PyObject *unused)
+{
+    ec_tensor *t = ec_py_tensor_get((PyObject *)self, 0);
+    if (!t) return NULL;
+    if (!ec_dtype_quantized(t->dtype))
+        return PyErr_Format(PyExc_TypeError, "packed() is for int8/int4 tensors; this one is %s (use numpy())", ec_dtype_name(t->dtype));
+    int64_t blocks = ec_qblocks(t->shape[1]);
+    npy_intp ddims[2] = {(npy_intp)t->shape[0], (npy_intp)(blocks * (t->dtype == EC_Q4 ? EC_QBLOCK / 2 : EC_QBLOCK))};
+    npy_intp sdims[2] = {(npy_intp)t->shape[0], (npy_intp)blocks};
+    PyArrayObject *data = (PyArrayObject *)PyArray_SimpleNew(2, ddims, NPY_UINT8);
+    PyArrayObject *scales = data ? (PyArrayObject *)PyArray_SimpleNew(2, sdims, NPY_FLOAT16) : NULL;
+    if (!scales) { Py_XDECREF(data); return NULL; }
+    ec_status s;
+    void *dp = PyArray_DATA(data), *sp = PyArray_DATA(scales);
+    size_t db = (size_t)PyArray_NBYTES(data), sb = (size_t)PyArray_NBYTES(scales);
+    EC_DEVICE_CALL(t->ctx, s, ec_tensor_download_quantized(t, dp, db, sp, sb));
+    if (s) { Py_DECREF(data); Py_DECREF(scales); return ec_py_raise(s); }
+    return Py_BuildValue("(NN)", data, scales);
+}
+
 static PyObject *tensor_numpy(TensorObject *self, PyObject *unused)
 {
     ec_tensor *t = ec_py_tensor_get((PyObject *)self, 0);
     if (!t) return NULL;
+    if (ec_dtype_quantized(t->dtype))
+        return PyErr_Format(PyExc_TypeError, "an %s tensor is packed: packed() gives its integers and scales", ec_dtype_name(t->dtype));
     npy_intp dims[EC_MAX_DIMS];
     for (int i = 0; i < t->ndim; i++) dims[i] = (npy_intp)t->shape[i];
     PyArrayObject *arr = (PyArrayObject *)PyArray_SimpleNew(t->ndim, dims, npy_type_of(t->dtype));
@@ -157,6 +228,8 @@ static PyObject *tensor_write(TensorObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
     ec_tensor *t = ec_py_tensor_get((PyObject *)self, 0);
     if (!t) return NULL;
+    if (ec_dtype_quantized(t->dtype))
+        return PyErr_Format(PyExc_TypeError, "an %s tensor is made whole by eyecare._core.quantized_tensor, not written", ec_dtype_name(t->dtype));
     PyArrayObject *arr = (PyArrayObject *)PyArray_FROMANY(obj, npy_type_of(t->dtype), 0, 0, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
     if (!arr) return NULL;
     ec_status s;
@@ -211,13 +284,14 @@ static PyObject *tensor_repr(TensorObject *self)
 static PyMethodDef tensor_methods[] = {
     {"numpy", (PyCFunction)tensor_numpy, METH_NOARGS, "Copy the tensor to a new NumPy array (bfloat16 as uint16 bits)."},
     {"write", (PyCFunction)tensor_write, METH_VARARGS, "write(array): overwrite the contents (same size)."},
+    {"packed", (PyCFunction)tensor_packed, METH_NOARGS, "packed() -> (uint8 integers, float16 scales) of an int8/int4 tensor."},
     {"free", (PyCFunction)tensor_free, METH_NOARGS, "Release the device memory now."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef tensor_getset[] = {
     {"shape", (getter)tensor_shape, NULL, "shape tuple", NULL},
-    {"dtype", (getter)tensor_dtype, NULL, "'float32', 'float16', 'bfloat16' or 'int32'", NULL},
+    {"dtype", (getter)tensor_dtype, NULL, "'float32', 'float16', 'bfloat16', 'int32', or 'int8' / 'int4' (block-quantized weights)", NULL},
     {"nbytes", (getter)tensor_nbytes, NULL, "bytes of data", NULL},
     {"freed", (getter)tensor_is_freed, NULL, "True once free() was called", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -245,5 +319,7 @@ int ec_py_tensor_type_init(PyObject *module)
 PyMethodDef ec_py_tensor_methods[] = {
     {"empty", py_empty, METH_VARARGS, "empty(shape, dtype='float32') -> Tensor"},
     {"from_array", py_from_array, METH_VARARGS, "from_array(array, dtype) -> Tensor (C-contiguous, exact item size)"},
+    {"quantized_tensor", py_quantized_tensor, METH_VARARGS,
+     "quantized_tensor(packed, scales, dtype, k) -> Tensor [N, k] of dtype 'int8' or 'int4' (eyecare/quantize.py makes both parts)"},
     {NULL, NULL, 0, NULL},
 };
