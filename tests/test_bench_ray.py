@@ -204,3 +204,62 @@ def test_bad_ray_options_are_refused_before_anything_starts(tmp_path, args, mess
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == f"eyecare bench: error: {message}"
     assert not (tmp_path / "out").exists()
+
+
+def short_rubrics(folder):
+    """The shipped rubrics with a short rationale (a random model writes garbage until the length limit)."""
+    from eyecare.bench.judge import default_rubrics, load_rubric
+
+    rubrics = {}
+    for task, rubric in default_rubrics().items():
+        data = json.loads(Path(rubric.path).read_text())
+        data["version"] = "1-short"
+        data["schema"]["properties"]["rationale"]["maxLength"] = 24
+        (folder / f"{task}.json").write_text(json.dumps(data))
+        rubrics[task] = load_rubric(folder / f"{task}.json")
+    return rubrics
+
+
+def test_judge_on_ray_equals_the_in_process_judge(bench, tmp_path):
+    from eyecare.bench.judge import judge_run, read_judgments
+    from eyecare.bench.ray_runner import judge_ray
+    from eyecare.endpoint import LocalEndpoint
+
+    def decided(path):   # what a judgment decides, by record (not timings)
+        return sorted((j["id"], j["prediction_sha"], j["rubric"], j["judge"], j["scores"], j["rationale"], j["error"])
+                      for j in read_judgments(path))
+
+    rubrics = short_rubrics(tmp_path)
+    # The fixture's answers (to closed questions) judged as open QA and report answers: four judgments.
+    predictions = [dict(p, task=("open", "report")[i % 2])
+                   for i, p in enumerate(read_predictions(bench["folder"] / "local.jsonl")[:4])]
+    judged = predictions
+    local = LocalEndpoint(str(bench["tiny"]))                   # greedy and schema-constrained: deterministic
+    try:
+        here = judge_run(predictions, local, tmp_path / "local.jsonl", rubrics, max_tokens=160, progress=False)
+    finally:
+        local.model.close()
+    assert (here.total, here.asked, here.failed) == (len(judged), len(judged), 0)
+    # Ray resumes a local judging stopped after one judgment: the same file, keys and writer.
+    path = tmp_path / "ray.jsonl"
+    path.write_text((tmp_path / "local.jsonl").read_text().splitlines(keepends=True)[0])
+    result = judge_ray(predictions, str(bench["tiny"]), path, rubrics, judge=local.name, max_tokens=160, workers=2,
+                       gpus_per_worker=0, progress=False)
+    assert (result.total, result.done, result.asked, result.failed) == (len(judged), 1, len(judged) - 1, 0)
+    assert decided(path) == decided(tmp_path / "local.jsonl")
+    assert result.worker_deaths == 0 and sum(w["records"] for w in result.workers) == len(judged) - 1
+    assert all("llvmpipe" in w["device"] for w in result.workers if w["records"])
+    assert_clean_workers(result)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--judge", "http://127.0.0.1:9/v1", "--ray"], "--ray needs an in-process judge (--judge local:DIR): the "
+     "endpoint http://127.0.0.1:9/v1 already takes calls in parallel, as many as --concurrency"),
+    (["--judge", "local:.", "--workers", "2"], "--workers needs --ray"),
+])
+def test_bad_judge_ray_options_are_refused(bench, tmp_path, capsys, args, message):
+    from eyecare.bench.cli import main
+
+    assert main(["judge", str(bench["folder"] / "local.jsonl"), *args]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"eyecare bench: error: {message}"
+    assert not (bench["folder"] / "judgments.jsonl").exists()

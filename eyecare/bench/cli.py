@@ -206,6 +206,13 @@ def cmd_judge(args) -> int:
     predictions = run_dir / PREDICTIONS if run_dir.is_dir() else run_dir
     if not predictions.is_file():
         raise BenchError(f"{predictions}: no such predictions file (give a `bench run` folder)")
+    if args.ray is None:
+        for option in ("workers", "gpus_per_worker"):
+            if getattr(args, option) is not None:
+                raise BenchError(f"--{option.replace('_', '-')} needs --ray")
+    elif not args.judge.startswith("local:"):
+        raise BenchError(f"--ray needs an in-process judge (--judge local:DIR): the endpoint {args.judge} already "
+                         "takes calls in parallel, as many as --concurrency")
     rows = read_predictions(predictions)
     rubrics = rubrics_with(args.rubric)
     endpoint = open_judge(args.judge, judge_model=args.judge_model, api_key_env=args.api_key_env,
@@ -219,8 +226,19 @@ def cmd_judge(args) -> int:
     where = getattr(endpoint, "base_url", None) or args.judge
     print(f"judge {judge_name!r} at {where}; rubrics "
           + ", ".join(f"{t}: {r.id}" for t, r in rubrics.items()), file=sys.stderr)
-    result = judge_run(rows, endpoint, predictions.parent / JUDGMENTS, rubrics, concurrency=args.concurrency,
-                       attempts=args.attempts, max_tokens=args.max_tokens, progress=not args.no_progress)
+    if args.ray is None:
+        result = judge_run(rows, endpoint, predictions.parent / JUDGMENTS, rubrics, concurrency=args.concurrency,
+                           attempts=args.attempts, max_tokens=args.max_tokens, progress=not args.no_progress)
+    else:
+        from .ray_runner import judge_ray
+
+        result = judge_ray(rows, endpoint.directory, predictions.parent / JUDGMENTS, rubrics, judge=judge_name,
+                           attempts=args.attempts, max_tokens=args.max_tokens, workers=args.workers,
+                           gpus_per_worker=args.gpus_per_worker, address=args.ray or None,
+                           progress=not args.no_progress)
+        for w in (w for w in result.workers if w["host"] is not None):
+            print(f"worker {w['worker']} on {w['host']}, {w['device']}: {w['records']} judgments, "
+                  f"{w['records_per_s']:.2f}/s" + (f", gone: {w['error']}" if w["error"] else ""))
     print(f"{result.total} answers to judge: {result.done} already judged, {result.asked} asked now, "
           f"{result.failed} failed (recorded; rerun to ask them again); judgments in {result.path}")
     if not args.no_report:
@@ -324,6 +342,13 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--rubric", action="append", metavar="FILE",
                    help="a rubric file replacing the shipped one for its task (repeat for both tasks)")
     p.add_argument("--concurrency", type=int, default=4, metavar="N", help="judge calls in flight (default 4)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="with --judge local:DIR: judge on a Ray cluster, one judge model per worker (ADDRESS as "
+                   "for `bench run --ray`; needs eyecare[ray]; see docs/bench.md)")
+    p.add_argument("--workers", type=int, metavar="N", help="with --ray: judge model copies, each a Ray actor "
+                   "(default: as many as the cluster's GPUs allow, 1 without GPUs)")
+    p.add_argument("--gpus-per-worker", type=float, metavar="G", help="with --ray: GPUs per worker, at most 1 "
+                   "(default 1 on a cluster with GPUs; 0 runs on the CPU through lavapipe)")
     p.add_argument("--attempts", type=int, default=3, metavar="N",
                    help="answers asked per judgment until one is valid JSON (default 3)")
     p.add_argument("--retries", type=int, default=5, metavar="N",

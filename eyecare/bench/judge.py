@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from statistics import fmean
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..jsonl import AppendLog, read_rows
 from .errors import BenchError, OutputError
@@ -159,14 +159,46 @@ class JudgeResult:
     failed: int      # of those, failures (recorded, asked again on the next run)
 
 
+def judge_one(endpoint, rubric: Rubric, row: dict, judge: str, *, attempts: int = 3,
+              max_tokens: int = 1024) -> dict:
+    """One judgment line: the endpoint's scores of one prediction, or the reason it has none."""
+    from ..endpoint import EndpointError
+
+    start = time.perf_counter()
+    try:
+        reply = endpoint.chat_json(rubric.messages(row), rubric.schema, attempts=attempts, max_tokens=max_tokens)
+        value, error, raw, tries = reply.value, reply.error, reply.text, reply.attempts
+    except EndpointError as exc:  # the endpoint stayed unreachable or refused: a recorded failure
+        value, error, raw, tries = None, f"endpoint: {exc}", "", 0
+    scores = None if value is None else {name: value[name] for name, _ in rubric.dimensions}
+    return {"id": row["id"], "task": row["task"], "modality": row.get("modality"),
+            "prediction_sha": prediction_hash(row.get("prediction") or ""), "rubric": rubric.id,
+            "judge": judge, "scores": scores,
+            "rationale": value.get("rationale") if isinstance(value, dict) else None,
+            "error": error, "raw": None if error is None else raw[:2000], "attempts": tries,
+            "latency_ms": round((time.perf_counter() - start) * 1000.0, 3)}
+
+
+def failed_judgment(row: dict, rubric: Rubric, judge: str, error: str) -> dict:
+    """The line of a judgment that never came back (its judge process died): asked again on a rerun."""
+    return {"id": row["id"], "task": row["task"], "modality": row.get("modality"),
+            "prediction_sha": prediction_hash(row.get("prediction") or ""), "rubric": rubric.id, "judge": judge,
+            "scores": None, "rationale": None, "error": error, "raw": None, "attempts": 0, "latency_ms": 0.0}
+
+
 def judge_run(predictions: Sequence[dict], endpoint, judgments_path, rubrics: dict, *, concurrency: int = 1,
-              attempts: int = 3, max_tokens: int = 1024, progress: bool = True) -> JudgeResult:
-    """Judges every open QA / report prediction that has no successful judgment in `judgments_path`."""
+              attempts: int = 3, max_tokens: int = 1024, progress: bool = True, judge: Optional[str] = None,
+              dispatch: Optional[Callable] = None) -> JudgeResult:
+    """Judges every open QA / report prediction that has no successful judgment in `judgments_path`.
+
+    `dispatch(todo, done)`, when given, is what asks instead of `endpoint` on `concurrency` threads (the Ray
+    actors of `bench judge --ray`): it yields the judgment lines, in any order, and shows its own progress;
+    this function stays the only writer. `judge` is the judge model's name (default: endpoint.name)."""
     from tqdm.auto import tqdm
 
-    from ..endpoint import EndpointError, parallel
+    from ..endpoint import parallel
 
-    judge = endpoint.name
+    judge = judge or endpoint.name
     rows = [r for r in predictions if r.get("task") in rubrics]
     path = Path(judgments_path)
     log = AppendLog(path, what="judgment", error=OutputError)
@@ -177,27 +209,17 @@ def judge_run(predictions: Sequence[dict], endpoint, judgments_path, rubrics: di
                 if judgment_key(r["id"], r.get("prediction") or "", rubrics[r["task"]].id, judge) not in succeeded]
         done = len(rows) - len(todo)
 
-        def ask(row):
-            rubric = rubrics[row["task"]]
-            start = time.perf_counter()
-            try:
-                reply = endpoint.chat_json(rubric.messages(row), rubric.schema, attempts=attempts, max_tokens=max_tokens)
-                value, error, raw, tries = reply.value, reply.error, reply.text, reply.attempts
-            except EndpointError as exc:  # the endpoint stayed unreachable or refused: a recorded failure
-                value, error, raw, tries = None, f"endpoint: {exc}", "", 0
-            scores = None if value is None else {name: value[name] for name, _ in rubric.dimensions}
-            return {"id": row["id"], "task": row["task"], "modality": row.get("modality"),
-                    "prediction_sha": prediction_hash(row.get("prediction") or ""), "rubric": rubric.id,
-                    "judge": judge, "scores": scores,
-                    "rationale": value.get("rationale") if isinstance(value, dict) else None,
-                    "error": error, "raw": None if error is None else raw[:2000], "attempts": tries,
-                    "latency_ms": round((time.perf_counter() - start) * 1000.0, 3)}
-
-        with tqdm(total=len(rows), initial=done, unit="call", desc=f"judge {judge}", disable=not progress,
-                  file=sys.stderr, dynamic_ncols=True) as bar:
+        def in_process(todo):
+            ask = lambda row: judge_one(endpoint, rubrics[row["task"]], row, judge, attempts=attempts,  # noqa: E731
+                                        max_tokens=max_tokens)
             for _, result, exc in parallel(ask, todo, concurrency=concurrency):
                 if exc is not None:  # a bug, not the endpoint: stop, keeping what is written
                     raise exc
+                yield result
+
+        with tqdm(total=len(rows), initial=done, unit="call", desc=f"judge {judge}",
+                  disable=not progress or dispatch is not None, file=sys.stderr, dynamic_ncols=True) as bar:
+            for result in (dispatch(todo, done) if dispatch is not None else in_process(todo)):
                 log.append(result)
                 failed += result["scores"] is None
                 bar.update(1)

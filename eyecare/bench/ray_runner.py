@@ -1,4 +1,6 @@
-"""`eyecare bench run --ray`: the benchmark on a Ray cluster, one model per worker.
+"""`eyecare bench run --ray`: the benchmark on a Ray cluster, one model per worker; and `eyecare bench judge
+--judge local:DIR --ray`, the same pool of actors with an in-process judge model in each (JudgeWorker),
+the driver appending the judgments as judge_run does, with the same fault rules.
 
 Each worker is a Ray actor that finds its Vulkan device (device_map), loads the model once and answers
 batches of records. This process, the driver, is the only one that writes: it hands out batches, and
@@ -24,11 +26,13 @@ import socket
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from .data import Record
 from .errors import BenchError, MissingDependency
+from .judge import JudgeResult
 from .runner import RunResult, ask, write_predictions
 
 DEPTH = 2           # batches queued on each worker, so that it never waits for the driver between two
@@ -50,28 +54,34 @@ class Worker:
     def __init__(self, model: Optional[str], factory: Optional[str], batch_size: int, cwd: Optional[str]):
         import ray
 
-        from .device_map import worker_device
         from .models import BUILTIN, load_model
 
         self.error = None
         self.device = "none (built-in baseline)"
         try:
-            # A checkpoint path given relative to the driver's folder, and a factory module in it (as
-            # `--model-factory` finds it locally), work on the driver's machine.
-            if cwd and os.path.isdir(cwd):
-                os.chdir(cwd)
-                if cwd not in sys.path:
-                    sys.path.insert(0, cwd)
-            if model not in BUILTIN:
-                # Before the model creates its Vulkan context, which reads EYECARE_DEVICE.
-                device = worker_device(ray.get_gpu_ids())
-                os.environ["EYECARE_DEVICE"] = str(device["index"])
-                self.device = f"{device['name']} (Vulkan device {device['index']})"
+            self._place(cwd, model not in BUILTIN)
             self.model, self.name = load_model(model, factory)
             has_generate = callable(getattr(self.model, "generate", None))
             self.step = batch_size if batch_size > 1 and has_generate else 1
         except Exception as exc:  # reported by describe(), so the driver can say what went wrong
             self.error = f"{type(exc).__name__}: {exc}"
+
+    def _place(self, cwd: Optional[str], vulkan: bool) -> None:
+        import ray
+
+        from .device_map import worker_device
+
+        # A checkpoint path given relative to the driver's folder, and a factory module in it (as
+        # `--model-factory` finds it locally), work on the driver's machine.
+        if cwd and os.path.isdir(cwd):
+            os.chdir(cwd)
+            if cwd not in sys.path:
+                sys.path.insert(0, cwd)
+        if vulkan:
+            # Before the model creates its Vulkan context, which reads EYECARE_DEVICE.
+            device = worker_device(ray.get_gpu_ids())
+            os.environ["EYECARE_DEVICE"] = str(device["index"])
+            self.device = f"{device['name']} (Vulkan device {device['index']})"
 
     def describe(self) -> dict:
         import ray
@@ -86,6 +96,32 @@ class Worker:
         """The (text, error, latency_ms, timings) of each record, and the number of Vulkan validation-layer
         messages this process has seen so far (EYECARE_VALIDATE=1; the tests require none)."""
         results = ask(self.model, records, self.step)
+        core = sys.modules.get("eyecare._core")
+        return results, core.validation_messages() if core is not None else 0
+
+
+class JudgeWorker(Worker):
+    """One in-process judge model (`bench judge --judge local:DIR --ray`) on one device: loaded once, it
+    returns judgment lines; the driver writes them."""
+
+    def __init__(self, directory: str, rubrics: dict, judge: str, attempts: int, max_tokens: int,
+                 cwd: Optional[str]):
+        from ..endpoint import LocalEndpoint
+
+        self.error, self.step = None, 1
+        self.rubrics, self.judge, self.attempts, self.max_tokens = rubrics, judge, attempts, max_tokens
+        try:
+            self._place(cwd, True)
+            self.endpoint = LocalEndpoint(directory)
+            self.endpoint.model  # loaded now, so that a checkpoint that cannot load stops the run at once
+        except Exception as exc:  # reported by describe()
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def answer(self, rows: Sequence[dict]) -> tuple:
+        from .judge import judge_one
+
+        results = [judge_one(self.endpoint, self.rubrics[row["task"]], row, self.judge, attempts=self.attempts,
+                             max_tokens=self.max_tokens) for row in rows]
         core = sys.modules.get("eyecare._core")
         return results, core.validation_messages() if core is not None else 0
 
@@ -146,17 +182,11 @@ def _check_resources(ray, workers: int, cpus: float, gpus: float) -> None:
                              f"{have.get(kind, 0):g}; use fewer --workers or a smaller --gpus-per-worker")
 
 
-def run_ray(records: Sequence[Record], predictions_path, *, model: Optional[str] = None,
-            factory: Optional[str] = None, model_name: Optional[str] = None, batch_size: int = 1,
-            workers: Optional[int] = None, gpus_per_worker: Optional[float] = None, address: Optional[str] = None,
-            progress: bool = True, overwrite: bool = False, init_options: Optional[dict] = None) -> RayRunResult:
-    """Answer every record not yet in `predictions_path` on `workers` Ray actors, each loading the model given
-    as for `load_model(model, factory)`. `address`: None starts a local Ray, else "auto", "ray://host:port" or a
-    cluster's GCS address; a Ray already initialized in this process is used as it is. `gpus_per_worker`
-    defaults to 1 on a cluster with GPUs and 0 (lavapipe) on one without; `workers` to as many as the
-    cluster's GPUs allow, or 1 without GPUs."""
-    if batch_size < 1:
-        raise BenchError(f"--batch-size must be >= 1 (got {batch_size})")
+@contextmanager
+def _pool(address: Optional[str], init_options: Optional[dict], workers: Optional[int],
+          gpus_per_worker: Optional[float]):
+    """Ray joined (or started), the worker count and GPUs each resolved and checked against the cluster:
+    yields (ray, state, workers, gpus_per_worker); every actor in state["slots"] is killed on the way out."""
     if gpus_per_worker is not None and not 0 <= gpus_per_worker <= 1:
         raise BenchError(f"--gpus-per-worker must be between 0 and 1 (got {gpus_per_worker:g}): a model runs "
                          "on one Vulkan device; a fraction lets workers share a GPU")
@@ -172,17 +202,7 @@ def run_ray(records: Sequence[Record], predictions_path, *, model: Optional[str]
         if workers is None:
             workers = max(1, int(total_gpus // gpus_per_worker)) if gpus_per_worker else 1
         _check_resources(ray, workers, 1, gpus_per_worker)
-
-        def answer(pending, resumed):
-            yield from _dispatch(ray, pending, resumed, state, model=model, factory=factory, batch_size=batch_size,
-                                 workers=workers, gpus=gpus_per_worker, progress=progress,
-                                 desc=model_name or "bench")
-
-        result = write_predictions(records, predictions_path, answer, model_name=model_name, overwrite=overwrite)
-        stats = [_stats(slot, state.get("ended", 0.0)) for slot in state["slots"]]
-        span = state.get("ended", 0.0) - (state.get("started") or 0.0)
-        rate = state.get("answered", 0) / span if state.get("started") and span > 0 else 0.0
-        return RayRunResult(**vars(result), workers=stats, deaths=state["deaths"], records_per_s=rate)
+        yield ray, state, workers, gpus_per_worker
     finally:
         for slot in state["slots"]:
             try:
@@ -191,6 +211,78 @@ def run_ray(records: Sequence[Record], predictions_path, *, model: Optional[str]
                 pass
         if started:
             ray.shutdown()
+
+
+def _summary(state) -> tuple:
+    """Per-worker stats, and answers / seconds from the first worker ready to the last answer."""
+    stats = [_stats(slot, state.get("ended", 0.0)) for slot in state["slots"]]
+    span = state.get("ended", 0.0) - (state.get("started") or 0.0)
+    rate = state.get("answered", 0) / span if state.get("started") and span > 0 else 0.0
+    return stats, rate
+
+
+def run_ray(records: Sequence[Record], predictions_path, *, model: Optional[str] = None,
+            factory: Optional[str] = None, model_name: Optional[str] = None, batch_size: int = 1,
+            workers: Optional[int] = None, gpus_per_worker: Optional[float] = None, address: Optional[str] = None,
+            progress: bool = True, overwrite: bool = False, init_options: Optional[dict] = None) -> RayRunResult:
+    """Answer every record not yet in `predictions_path` on `workers` Ray actors, each loading the model given
+    as for `load_model(model, factory)`. `address`: None starts a local Ray, else "auto", "ray://host:port" or a
+    cluster's GCS address; a Ray already initialized in this process is used as it is. `gpus_per_worker`
+    defaults to 1 on a cluster with GPUs and 0 (lavapipe) on one without; `workers` to as many as the
+    cluster's GPUs allow, or 1 without GPUs."""
+    if batch_size < 1:
+        raise BenchError(f"--batch-size must be >= 1 (got {batch_size})")
+    with _pool(address, init_options, workers, gpus_per_worker) as (ray, state, workers, gpus):
+        actor = (Worker, (model, factory, batch_size, os.getcwd()))
+
+        def answer(pending, resumed):
+            yield from _dispatch(ray, pending, resumed, state, actor=actor, workers=workers, gpus=gpus,
+                                 progress=progress, desc=model_name or "bench")
+
+        result = write_predictions(records, predictions_path, answer, model_name=model_name, overwrite=overwrite)
+        stats, rate = _summary(state)
+        return RayRunResult(**vars(result), workers=stats, deaths=state["deaths"], records_per_s=rate)
+
+
+@dataclass
+class RayJudgeResult(JudgeResult):
+    workers: list = field(default_factory=list)   # as RayRunResult's, "records" being judgments
+    deaths: list = field(default_factory=list)
+    records_per_s: float = 0.0
+
+    @property
+    def worker_deaths(self) -> int:
+        return len(self.deaths)
+
+
+def judge_ray(predictions: Sequence[dict], directory: str, judgments_path, rubrics: dict, *, judge: str,
+              attempts: int = 3, max_tokens: int = 1024, workers: Optional[int] = None,
+              gpus_per_worker: Optional[float] = None, address: Optional[str] = None, progress: bool = True,
+              init_options: Optional[dict] = None) -> RayJudgeResult:
+    """`judge_run` with the in-process judge checkpoint `directory` (local:DIR) on `workers` Ray actors, each
+    loading it once on its own device; the same judgments file, keys and resume. A judgment during which
+    two workers died (the second judging it alone) is written as failed with the reason."""
+    from .judge import failed_judgment, judge_run
+
+    with _pool(address, init_options, workers, gpus_per_worker) as (ray, state, workers, gpus):
+        actor = (JudgeWorker, (directory, rubrics, judge, attempts, max_tokens, os.getcwd()))
+
+        def failed(row, reason):
+            return failed_judgment(row, rubrics[row["task"]], judge, reason)
+
+        def dispatch(todo, done):
+            for _, result, _ in _dispatch(ray, todo, done, state, actor=actor, workers=workers, gpus=gpus,
+                                          progress=progress, desc=f"judge {judge}", failed=failed,
+                                          is_error=lambda line: line["scores"] is None):
+                yield result
+
+        result = judge_run(predictions, None, judgments_path, rubrics, judge=judge, dispatch=dispatch)
+        stats, rate = _summary(state)
+        return RayJudgeResult(**vars(result), workers=stats, deaths=state["deaths"], records_per_s=rate)
+
+
+def _failed_answer(record, reason):
+    return ("", reason, 0.0, None)
 
 
 def _stats(slot: _Slot, end: float) -> dict:
@@ -202,18 +294,20 @@ def _stats(slot: _Slot, end: float) -> dict:
             "validation_messages": sum(slot.validation.values())}
 
 
-def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, workers, gpus, progress, desc):
-    """Yield (record, result, batch_size) as the workers answer; see the module doc for the fault rules."""
+def _dispatch(ray, pending, resumed, state, *, actor, workers, gpus, progress, desc, failed=_failed_answer,
+              is_error=lambda result: result[1] is not None):
+    """Yield (record, result, batch_size) as the workers answer; see the module doc for the fault rules.
+    `actor`: (class, constructor arguments) of the workers (Worker, JudgeWorker); `failed(record, reason)` is
+    the result of a record that killed DEATHS_TO_FAIL workers; `is_error(result)` counts the errors shown."""
     from ray.exceptions import RayActorError, RayError, RayTaskError
     from tqdm.auto import tqdm
 
     # Restarts are the driver's, not Ray's (max_restarts=0): a new actor has a known state, so a call that
     # fails on it is a real failure, not a call that raced with a restart.
-    remote = ray.remote(Worker).options(num_cpus=1, num_gpus=gpus, max_restarts=0, max_task_retries=0)
-    cwd = os.getcwd()
+    remote = ray.remote(actor[0]).options(num_cpus=1, num_gpus=gpus, max_restarts=0, max_task_retries=0)
 
     def start(slot):
-        slot.actor = remote.remote(model, factory, batch_size, cwd)
+        slot.actor = remote.remote(*actor[1])
         slot.ready = False
         refs[slot.actor.describe.remote()] = (slot, "describe")
 
@@ -268,8 +362,8 @@ def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, worke
         replace(slot, reason)
         for record, deaths in reversed(back):
             if deaths >= DEATHS_TO_FAIL:
-                yield record, ("", f"WorkerDied: {deaths} workers died while answering this record, the last "
-                                   f"one answering it alone ({reason})", 0.0, None), 1
+                yield record, failed(record, f"WorkerDied: {deaths} workers died while answering this record, the "
+                                            f"last one answering it alone ({reason})"), 1
             else:
                 queue.appendleft((record, deaths))
 
@@ -334,7 +428,7 @@ def _dispatch(ray, pending, resumed, state, *, model, factory, batch_size, worke
             for record, result, size in out:
                 yield record, result, size
                 counts["answered"] += 1
-                counts["errors"] += result[1] is not None
+                counts["errors"] += is_error(result)
                 bar.update(1)
             postfix(bar)
             state.update(answered=counts["answered"], started=counts["started"], ended=time.monotonic())
