@@ -11,6 +11,11 @@
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint WTYPE = 0;
+// Set at pipeline creation (csrc/vk/vk_context.c) when the workgroup is known to be one subgroup (CPU devices,
+// whose subgroup size is fixed). It makes the shared-memory half of the reductions below dead code: llvmpipe
+// runs a branch on a run-time value both ways and compiles a shader that contains a barrier as a coroutine,
+// which made every mat-vec row's sum cost about a microsecond.
+layout(constant_id = 8) const bool ONE_SUBGROUP = false;
 const uint W_F32 = EC_W_F32, W_F16 = EC_W_F16, W_BF16 = EC_W_BF16;
 
 // Weights (and any read-only operand) are read through a uniform texel buffer of RGBA32UI: one
@@ -54,7 +59,7 @@ shared float wg_partial[64];
 float workgroup_sum(float v)
 {
     float s = subgroupAdd(v);
-    if (gl_NumSubgroups == 1) return s;
+    if (ONE_SUBGROUP || gl_NumSubgroups == 1) return s;
     barrier();
     if (subgroupElect()) wg_partial[gl_SubgroupID] = s;
     barrier();
@@ -67,7 +72,7 @@ float workgroup_sum(float v)
 float workgroup_max(float v)
 {
     float s = subgroupMax(v);
-    if (gl_NumSubgroups == 1) return s;
+    if (ONE_SUBGROUP || gl_NumSubgroups == 1) return s;
     barrier();
     if (subgroupElect()) wg_partial[gl_SubgroupID] = s;
     barrier();

@@ -1164,13 +1164,18 @@ ec_status ec_pipeline_get(ec_context *ctx, int kernel, const uint32_t spec[8], e
     VkShaderModule module;
     if (vkCreateShaderModule(ctx->device, &smi, NULL, &module) != VK_SUCCESS)
         return ec_fail(EC_ERR_DEVICE, "creating the shader module of kernel %s failed", k->name);
-    VkSpecializationMapEntry entries[8];
-    for (uint32_t i = 0; i < 8; i++) entries[i] = (VkSpecializationMapEntry){i, i * 4, 4};
+    /* constants 0..7 as the kernel asked; 8 (ONE_SUBGROUP, shaders/common.glsl): the workgroup (width = constant 0)
+     * is one subgroup, which only a device with a fixed subgroup size (CPU) guarantees */
+    VkSpecializationMapEntry entries[9];
+    uint32_t words[9];
+    for (uint32_t i = 0; i < 9; i++) entries[i] = (VkSpecializationMapEntry){i, i * 4, 4};
+    memcpy(words, spec, 8 * sizeof words[0]);
+    words[8] = ec_cpu_shapes(ctx) && spec[0] <= ctx->info.subgroup_size;
     ec_pipeline *p = calloc(1, sizeof *p);
     if (!p) { vkDestroyShaderModule(ctx->device, module, NULL); return ec_fail(EC_ERR_OOM, "out of host memory"); }
     p->kernel = kernel;
     memcpy(p->spec, spec, sizeof p->spec);
-    VkSpecializationInfo si = {.mapEntryCount = 8, .pMapEntries = entries, .dataSize = sizeof p->spec, .pData = p->spec};
+    VkSpecializationInfo si = {.mapEntryCount = 9, .pMapEntries = entries, .dataSize = sizeof words, .pData = words};
     VkComputePipelineCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
                   .module = module, .pName = "main", .pSpecializationInfo = &si},
