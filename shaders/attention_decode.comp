@@ -7,6 +7,13 @@
 // so a key costs each lane a texel or two and a workgroup sum per query head, with no per-lane
 // scratch arrays. The softmax runs online (running max m, running sum l), with one exp per key and
 // head: whichever of the old max and the new score is smaller is rescaled.
+//
+// LANE_KEYS (CPU devices, one subgroup per workgroup): the lanes take consecutive keys instead. Per block
+// of `width` keys each lane scores its own key against the G query rows (q read with lane-uniform
+// loads), one subgroup max and one exp per lane and head update the online softmax, and the lanes then
+// switch to owning chunks of the head dimension to add the block's V rows, taking each key's weight by
+// broadcast. Per key and head this costs no cross-lane sum and no scalar exp, which the layout above
+// pays on every key (llvmpipe runs cross-lane operations and lane-uniform math at full cost).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #include "common.glsl"
@@ -41,6 +48,97 @@ void load8(utextureBuffer buf, uint e, uint d0, bool aligned, out vec4 lo, out v
     hi = vec4(v[4], v[5], v[6], v[7]);
 }
 
+// q[g][d .. d + 7] for the aligned/unaligned cases (zero past the head's end).
+void q8(uint qb, uint d0, out vec4 lo, out vec4 hi)
+{
+    float v[8];
+    [[unroll]] for (uint i = 0; i < 8; i++) v[i] = d0 + i < D ? q[qb + d0 + i] : 0.0;
+    lo = vec4(v[0], v[1], v[2], v[3]);
+    hi = vec4(v[4], v[5], v[6], v[7]);
+}
+
+void lane_keys(uint lane, uint b, uint hk, uint s0, uint s1, bool aligned)
+{
+    const uint width = gl_WorkGroupSize.x, CH = (C8 + width - 1) / width;  // V chunks per lane
+    vec4 alo[G][CH], ahi[G][CH];
+    float m[G], l[G];  // l: this lane's share of the softmax denominator, summed over the lanes at the end
+    [[unroll]] for (uint g = 0; g < G; g++) {
+        [[unroll]] for (uint c = 0; c < CH; c++) {
+            alo[g][c] = vec4(0.0);
+            ahi[g][c] = vec4(0.0);
+        }
+        m[g] = -3.402823466e38;
+        l[g] = 0.0;
+    }
+    uint kb = p.k_off + (b - p.b0) * p.kv_seq + hk * D, vb = p.v_off + (b - p.b0) * p.kv_seq + hk * D;
+    vec4 qlo[G][C8], qhi[G][C8];  // loaded once: a guarded load inside the key loop costs llvmpipe a gather per key
+    [[unroll]] for (uint g = 0; g < G; g++)
+        [[unroll]] for (uint c = 0; c < C8; c++) q8(p.q_off + b * p.q_seq + (hk * G + g) * D, c * 8, qlo[g][c], qhi[g][c]);
+    for (uint s = s0; s < s1; s += width) {
+        bool live = s + lane < s1;
+        uint key = min(s + lane, s1 - 1);
+        float score[G];
+        [[unroll]] for (uint g = 0; g < G; g++) score[g] = 0.0;
+        [[unroll]] for (uint c = 0; c < C8; c++) {
+            vec4 klo, khi;
+            load8(K, kb + key * p.kv_row + c * 8, c * 8, aligned, klo, khi);
+            [[unroll]] for (uint g = 0; g < G; g++) score[g] += dot(qlo[g][c], klo) + dot(qhi[g][c], khi);
+        }
+        float w[G];
+        [[unroll]] for (uint g = 0; g < G; g++) {
+            float sc = live ? score[g] * p.scale : -3.402823466e38;
+            float mn = max(m[g], subgroupMax(sc));
+            float corr = exp(m[g] - mn);
+            w[g] = live ? exp(sc - mn) : 0.0;
+            l[g] = l[g] * corr + w[g];
+            m[g] = mn;
+            [[unroll]] for (uint c = 0; c < CH; c++) {
+                alo[g][c] *= corr;
+                ahi[g][c] *= corr;
+            }
+        }
+        [[unroll]] for (uint k = 0; k < width; k++) {
+            if (s + k >= s1) break;
+            [[unroll]] for (uint c = 0; c < CH; c++) {
+                uint d0 = min(c * width + lane, C8 - 1) * 8;  // lanes past the row re-read its last chunk (not stored)
+                vec4 vlo, vhi;
+                load8(V, vb + (s + k) * p.kv_row + d0, d0, aligned, vlo, vhi);
+                [[unroll]] for (uint g = 0; g < G; g++) {
+                    float wk = subgroupBroadcast(w[g], k);
+                    alo[g][c] += wk * vlo;
+                    ahi[g][c] += wk * vhi;
+                }
+            }
+        }
+    }
+
+    [[unroll]] for (uint g = 0; g < G; g++) {
+        uint h = hk * G + g;
+        float total = subgroupAdd(l[g]);
+        uint base;
+        float inv;
+        if (p.splits == 1) {
+            base = p.o_off + b * p.o_seq + h * D;
+            inv = total > 0.0 ? 1.0 / total : 0.0;
+        } else {
+            uint part = p.o_off + ((b * p.Hq + h) * p.splits + gl_WorkGroupID.x) * (D + 2);
+            if (lane == 0) {
+                o[part] = m[g];
+                o[part + 1] = total;
+            }
+            base = part + 2;
+            inv = 1.0;
+        }
+        [[unroll]] for (uint c = 0; c < CH; c++) {
+            uint d0 = (c * width + lane) * 8;
+            [[unroll]] for (uint i = 0; i < 4; i++) {
+                if (d0 + i < D) o[base + d0 + i] = alo[g][c][i] * inv;
+                if (d0 + 4 + i < D) o[base + d0 + 4 + i] = ahi[g][c][i] * inv;
+            }
+        }
+    }
+}
+
 void main()
 {
     const uint width = gl_WorkGroupSize.x, CH = (C8 + width - 1) / width;  // chunks per lane
@@ -51,6 +149,12 @@ void main()
     uint align = WTYPE == W_F32 ? 4u : 8u;
     bool aligned = D % 8 == 0 && p.k_off % align == 0 && p.v_off % align == 0 && p.kv_row % align == 0 &&
                    p.kv_seq % align == 0;
+    if (LANE_KEYS != 0) {
+        // both cases spelled out with a constant: llvmpipe would run a branch on a run-time value both ways
+        if (aligned) lane_keys(lane, b, hk, s0, s1, true);
+        else lane_keys(lane, b, hk, s0, s1, false);
+        return;
+    }
 
     vec4 qlo[G][CH], qhi[G][CH], alo[G][CH], ahi[G][CH];
     float m[G], l[G];

@@ -141,7 +141,8 @@ struct ec_attention_decode_push {
     EC_UINT splits, split_len;
     float scale;
 };
-#define EC_ATTENTION_DECODE_SPEC(X) X(2, D, 64) X(3, G, 1)  /* head dimension; query heads per KV head */
+/* head dimension; query heads per KV head; 1: keys across lanes (CPU devices), 0: head dimension across lanes */
+#define EC_ATTENTION_DECODE_SPEC(X) X(2, D, 64) X(3, G, 1) X(4, LANE_KEYS, 0)
 
 /* ---- attention_combine: merges the splits' partial softmax states of attention_decode ---- */
 struct ec_attention_combine_push {

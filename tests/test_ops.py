@@ -316,6 +316,31 @@ def test_attention_decode_split_k(kv_dtype, B, S, H, Hkv, D, lens, splits):
     close(out.numpy(), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("S,H,Hkv,D", [
+    (3000, 14, 2, 128),  # Qwen2's query group and head dim: over 60 loop iterations a key in the GPU layout
+    (70000, 1, 1, 8),    # past 65536 keys: more than one key range even on a CPU device
+])
+def test_attention_decode_over_long_key_ranges(S, H, Hkv, D):
+    # llvmpipe ends a shader invocation's loops, silently, after 65535 iterations in all; one key range asked
+    # for (splits=1) over this many keys must still attend over every key (the op adds ranges where needed).
+    q, k, v = rand(1, H * D), rand(S, Hkv * D), rand(S, Hkv * D)
+    out = empty((1, H * D))
+    partials = empty((H * 64, D + 2))  # room for the ranges the emulated GPU layout needs on lavapipe
+    scale = D ** -0.5
+    core.op_attention(tensor(q), tensor(k, "float16"), tensor(v, "float16"), out, tensor(np.array([S], np.int32)), 1, 1, S,
+                      H, Hkv, D, True, scale, partials, 1, S)
+    want = attention_reference(q, rounded(k, "float16"), rounded(v, "float16"), [S], 1, 1, S, H, Hkv, D, True, scale)
+    close(out.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_decode_refuses_more_ranges_than_the_partials_hold():
+    S, D = 70000, 8
+    q, k = rand(1, D), tensor(rand(S, D), "float16")
+    with pytest.raises(ValueError, match="key ranges"):
+        core.op_attention(tensor(q), k, k, empty((1, D)), tensor(np.array([S], np.int32)), 1, 1, S, 1, 1, D, True, 1.0,
+                          None, 0, S)
+
+
 @pytest.mark.parametrize("B,T,S,H,Hkv,D,lens", [(1, 5, 40, 4, 1, 128, [25]), (2, 3, 12, 14, 2, 8, [7, 12]), (1, 4, 9, 2, 2, 6, [9])])
 def test_attention_prefill_reads_an_f16_cache(B, T, S, H, Hkv, D, lens):
     q, k, v = rand(B * T, H * D), rand(B * S, Hkv * D), rand(B * S, Hkv * D)

@@ -632,12 +632,27 @@ static ec_status attention_decode(ec_context *ctx, const ec_attention_args *a, e
     if (want > (int64_t)part_cap) want = (int64_t)part_cap;
     if (want > max_len) want = max_len;
     if (want < 1) want = 1;
+    /* llvmpipe ends every loop of a shader invocation, silently, once the invocation has run 65535 loop
+     * iterations in all (Mesa's LP_MAX_TGSI_LOOP_ITERATIONS), so on a CPU device a workgroup walks at most
+     * `most_keys` keys: the keys-across-lanes layout counts a few iterations per block of lanes; the other
+     * (emulated GPU shapes) about 8 + 8 per query head and head-dim chunk per key, as measured (Qwen2's
+     * 7 query heads of 128 values went wrong past ~1000 keys, 1 head of 64 past ~7000). */
+    int lane_keys = is_cpu(ctx);
+    uint32_t width = ctx->info.subgroup_size;
+    if (strcmp(ctx->info.type, "cpu") == 0) {
+        int64_t chunks = ((D + 7) / 8 + width - 1) / width;
+        int64_t most_keys = lane_keys ? 65536 : 65535 / (8 + 8 * G * chunks + (D % 8 ? 16 * chunks : 0));
+        if ((max_len + want - 1) / want > most_keys) want = (max_len + most_keys - 1) / most_keys;
+        if (want > (int64_t)part_cap)
+            return ec_fail(EC_ERR_ARG, "attention: decoding over %lld keys takes %lld key ranges on this device, and the "
+                           "partial results hold %llu", (long long)max_len, (long long)want, (unsigned long long)part_cap);
+    }
     uint32_t split_len = (uint32_t)((max_len + want - 1) / want);
     uint32_t splits = (uint32_t)((max_len + split_len - 1) / split_len);
 
     ec_pipeline *p;
-    uint32_t width = ctx->info.subgroup_size;
-    EC_TRY(PIPELINE(attention_decode, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D, .G = (uint32_t)G));
+    EC_TRY(PIPELINE(attention_decode, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D, .G = (uint32_t)G,
+                    .LANE_KEYS = (uint32_t)lane_keys));
     struct ec_attention_decode_push pc = {
         .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .q_seq = (uint32_t)a->q.stride, .kv_row = (uint32_t)a->k.stride,
         .kv_seq = (uint32_t)(S * a->k.stride), .splits = splits, .split_len = split_len, .scale = a->scale};
