@@ -637,7 +637,9 @@ static ec_status attention_decode(ec_context *ctx, const ec_attention_args *a, e
      * `most_keys` keys: the keys-across-lanes layout counts a few iterations per block of lanes; the other
      * (emulated GPU shapes) about 8 + 8 per query head and head-dim chunk per key, as measured (Qwen2's
      * 7 query heads of 128 values went wrong past ~1000 keys, 1 head of 64 past ~7000). */
-    int lane_keys = is_cpu(ctx);
+    /* keys across lanes holds q of the whole query group in registers, fully unrolled: kept to small groups
+     * (Mesa 25's llvmpipe took minutes and gigabytes compiling it for Qwen2's 7 heads x 128 values) */
+    int lane_keys = is_cpu(ctx) && (int64_t)G * ((D + 7) / 8) <= 32;
     uint32_t width = ctx->info.subgroup_size;
     if (strcmp(ctx->info.type, "cpu") == 0) {
         int64_t chunks = ((D + 7) / 8 + width - 1) / width;
