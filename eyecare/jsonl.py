@@ -25,6 +25,21 @@ from pathlib import Path
 from typing import Iterable, Type
 
 
+def parse_lines(text: str):
+    """(line number, value, None) for each non-blank line of JSONL text, or (line number, None, message) for a
+    line that is not JSON (the message says what and at which column): for readers that report bad lines
+    their own way (dataset validation, data-engine manifests)."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield lineno, None, f"{exc.msg} at column {exc.colno}"
+            continue
+        yield lineno, value, None
+
+
 def read_rows(path, *, repair: bool = False, what: str = "row", required: Iterable[str] = ("id",),
               error: Type[Exception] = ValueError) -> list:
     """Every complete line of `path` as a dict (none if the file does not exist). `what` names a

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from ..jsonl import parse_lines
 from .errors import DatasetError
 from .extract import format_options, gold_answer, split_options
 
@@ -317,13 +318,9 @@ def _entries(path: Path, problems: _Problems):
         for i, (lineno, obj) in enumerate(_array_entries(text)):
             yield f"{path.name}:{lineno}", i, obj
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.add(f"{path.name}:{lineno}", None, f"invalid JSON ({exc.msg} at column {exc.colno})")
+    for lineno, obj, error in parse_lines(text):
+        if error:
+            problems.add(f"{path.name}:{lineno}", None, f"invalid JSON ({error})")
             continue
         yield f"{path.name}:{lineno}", lineno, obj
 

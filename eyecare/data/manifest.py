@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..bench.data import MODALITIES, normalize_modality
+from ..jsonl import parse_lines
 from .errors import DataError
 
 _COLUMNS = {"id": "id", "case_id": "id", "case": "id",
@@ -136,13 +137,9 @@ def _rows(path: Path):
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the manifest ({exc})") from None
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, f"not JSON ({exc.msg} at column {exc.colno})"
+        for lineno, obj, error in parse_lines(text):
+            if error:
+                yield lineno, f"not JSON ({error})"
                 continue
             if not isinstance(obj, dict):
                 yield lineno, "must be a JSON object"
