@@ -242,8 +242,9 @@ static PyObject *op_embedding(PyObject *self, PyObject *args)
     RUN_OP(ctx, ec_op_embedding(ctx, ti, tt, to), ids, table, o);
 }
 
-/* op_copy(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols) */
-static PyObject *op_copy(PyObject *self, PyObject *args)
+/* op_copy(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols), and op_copy_to_f16 with the same
+ * arguments (f32 src into an f16 dst) */
+static PyObject *copy_block(PyObject *args, int to_f16)
 {
     PyObject *s, *d;
     Py_ssize_t so, ss, dof, ds, rows, cols;
@@ -254,23 +255,11 @@ static PyObject *op_copy(PyObject *self, PyObject *args)
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
     ec_cols src = {ts, (size_t)so, (size_t)ss}, dst = {td, (size_t)dof, (size_t)ds};
-    RUN_OP(ctx, ec_op_copy(ctx, src, dst, rows, cols), s, d);
+    RUN_OP(ctx, to_f16 ? ec_op_copy_to_f16(ctx, src, dst, rows, cols) : ec_op_copy(ctx, src, dst, rows, cols), s, d);
 }
 
-/* op_copy_to_f16(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols): f32 src into f16 dst */
-static PyObject *op_copy_to_f16(PyObject *self, PyObject *args)
-{
-    PyObject *s, *d;
-    Py_ssize_t so, ss, dof, ds, rows, cols;
-    if (!PyArg_ParseTuple(args, "OnnOnnnn", &s, &so, &ss, &d, &dof, &ds, &rows, &cols)) return NULL;
-    ec_tensor *ts = TENSOR(s), *td = ts ? TENSOR(d) : NULL;
-    if (!td) return NULL;
-    if (so < 0 || ss < 0 || dof < 0 || ds < 0 || rows < 0 || cols < 0) return PyErr_Format(PyExc_ValueError, "negative offset, stride or size");
-    ec_context *ctx = ctx_or_null();
-    if (!ctx) return NULL;
-    ec_cols src = {ts, (size_t)so, (size_t)ss}, dst = {td, (size_t)dof, (size_t)ds};
-    RUN_OP(ctx, ec_op_copy_to_f16(ctx, src, dst, rows, cols), s, d);
-}
+static PyObject *op_copy(PyObject *self, PyObject *args) { return copy_block(args, 0); }
+static PyObject *op_copy_to_f16(PyObject *self, PyObject *args) { return copy_block(args, 1); }
 
 static PyObject *concat_locked(ec_context *ctx, ec_tensor **parts, int n, ec_tensor *to, PyObject **objs)
 {
