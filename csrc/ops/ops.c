@@ -149,6 +149,17 @@ ec_cols ec_whole(ec_tensor *t)
 #define MATVEC_MAX_ROWS 8
 #define MATVEC_ROWS_PER_GROUP 16
 
+/* The GEMMs' rows of x and y per dispatch: rows beyond one storage binding go in chunks (e.g. the logits of a
+ * long prompt), a whole number of TM-row tiles each. */
+static ec_status gemm_rows_per_dispatch(ec_context *ctx, int64_t K, int64_t N, uint32_t TM, uint64_t *chunk)
+{
+    *chunk = rows_per_binding(ctx, (uint64_t)(K > N ? K : N));
+    if (*chunk == 0) return ec_fail(EC_ERR_ARG, "matmul: one row is larger than a storage binding");
+    *chunk = *chunk / TM * TM;
+    if (*chunk == 0) *chunk = 1;
+    return EC_OK;
+}
+
 /* The same product with W block-quantized (int8/int4): matvec_q for a few rows of x, matmul_q for many.
  * Both read W's packed integers and scales where they lie and dequantize in registers. A weight past the
  * device's texel reach is read in pieces of whole rows (ec_bind_quantized), each writing its columns of y. */
@@ -187,10 +198,8 @@ static ec_status matmul_quantized(ec_context *ctx, ec_tensor *x, ec_tensor *w, e
     const uint32_t TM = 8, TN = 8;
     uint32_t width = is_cpu(ctx) ? ctx->info.subgroup_size : 64;
     EC_TRY(PIPELINE(matmul_q, &p, .width = width, .wtype = wtype(w), .BTYPE = btype, .TM = TM, .TN = TN));
-    uint64_t chunk = rows_per_binding(ctx, K > N ? K : N);
-    if (chunk == 0) return ec_fail(EC_ERR_ARG, "matmul: one row is larger than a storage binding");
-    chunk = chunk / TM * TM;
-    if (chunk == 0) chunk = 1;
+    uint64_t chunk;
+    EC_TRY(gemm_rows_per_dispatch(ctx, K, N, TM, &chunk));
     for (int64_t r0 = 0; r0 < M; r0 += chunk) {
         int64_t rows = M - r0 < (int64_t)chunk ? M - r0 : (int64_t)chunk;
         EC_TRY(bind_span(x, (uint64_t)r0 * K, (uint64_t)rows * K, &bind[0], &pc.x_off));
@@ -349,11 +358,8 @@ static ec_status gemm(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bi
     const uint32_t TM = 8, TN = 8;
     uint32_t width = is_cpu(ctx) ? ctx->info.subgroup_size : 64;
     EC_TRY(PIPELINE(matmul, &p, .width = width, .wtype = wtype(w), .BTYPE = bias ? wtype(bias) : 0, .TM = TM, .TN = TN));
-    /* Rows of x and y beyond one storage binding go in chunks (e.g. the logits of a long prompt). */
-    uint64_t chunk = rows_per_binding(ctx, K > N ? K : N);
-    if (chunk == 0) return ec_fail(EC_ERR_ARG, "matmul: one row is larger than a storage binding");
-    chunk = chunk / TM * TM;
-    if (chunk == 0) chunk = 1;
+    uint64_t chunk;
+    EC_TRY(gemm_rows_per_dispatch(ctx, K, N, TM, &chunk));
     for (int64_t r0 = 0; r0 < M; r0 += chunk) {
         int64_t rows = M - r0 < (int64_t)chunk ? M - r0 : (int64_t)chunk;
         EC_TRY(bind_span(x, (uint64_t)r0 * K, (uint64_t)rows * K, &bind[0], &pc.x_off));
