@@ -80,10 +80,8 @@ def cmd_run(args) -> int:
     data, records, selected = _load_selection(args)
     if not selected:
         raise BenchError(f"{data}: no records match --tasks/--modalities/--limit")
+    _check_ray_options(args)
     if args.ray is None:
-        for option in ("workers", "gpus_per_worker"):
-            if getattr(args, option) is not None:
-                raise BenchError(f"--{option.replace('_', '-')} needs --ray")
         model, name = load_model(args.model, args.model_factory)
     else:
         model, name = None, _ray_model_name(args)
@@ -206,11 +204,8 @@ def cmd_judge(args) -> int:
     predictions = run_dir / PREDICTIONS if run_dir.is_dir() else run_dir
     if not predictions.is_file():
         raise BenchError(f"{predictions}: no such predictions file (give a `bench run` folder)")
-    if args.ray is None:
-        for option in ("workers", "gpus_per_worker"):
-            if getattr(args, option) is not None:
-                raise BenchError(f"--{option.replace('_', '-')} needs --ray")
-    elif not args.judge.startswith("local:"):
+    _check_ray_options(args)
+    if args.ray is not None and not args.judge.startswith("local:"):
         raise BenchError(f"--ray needs an in-process judge (--judge local:DIR): the endpoint {args.judge} already "
                          "takes calls in parallel, as many as --concurrency")
     rows = read_predictions(predictions)
@@ -273,6 +268,22 @@ def _add_data_options(p) -> None:
                    help="only these modalities, e.g. oct,fundus (comma-separated or repeated)")
 
 
+def _add_ray_options(p, ray_help: str, copies: str) -> None:
+    """--ray, --workers and --gpus-per-worker, shared by `bench run` and `bench judge`."""
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help=ray_help)
+    p.add_argument("--workers", type=int, metavar="N", help=f"with --ray: {copies}, each a Ray actor (default: "
+                   "as many as the cluster's GPUs allow, 1 without GPUs)")
+    p.add_argument("--gpus-per-worker", type=float, metavar="G", help="with --ray: GPUs per worker, at most 1; a "
+                   "fraction shares a GPU (default 1 on a cluster with GPUs; 0 runs on the CPU through lavapipe)")
+
+
+def _check_ray_options(args) -> None:
+    if args.ray is None:
+        for option in ("workers", "gpus_per_worker"):
+            if getattr(args, option) is not None:
+                raise BenchError(f"--{option.replace('_', '-')} needs --ray")
+
+
 def _add_commands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench_command", metavar="COMMAND")
     sub.required = True
@@ -292,13 +303,8 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="records per model.generate() call when the model has one (default 8)")
     p.add_argument("--overwrite", action="store_true", help="discard existing predictions instead of resuming")
-    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="answer on a Ray cluster: 'auto', ray://HOST:PORT or HOST:PORT of a running cluster, or no "
-                   "ADDRESS to start a local Ray on this machine (needs eyecare[ray]; see docs/bench.md)")
-    p.add_argument("--workers", type=int, metavar="N", help="with --ray: model copies, each a Ray actor (default: "
-                   "as many as the cluster's GPUs allow, 1 without GPUs)")
-    p.add_argument("--gpus-per-worker", type=float, metavar="G", help="with --ray: GPUs per worker, at most 1; a "
-                   "fraction shares a GPU (default 1 on a cluster with GPUs; 0 runs on the CPU through lavapipe)")
+    _add_ray_options(p, "answer on a Ray cluster: 'auto', ray://HOST:PORT or HOST:PORT of a running cluster, or no "
+                     "ADDRESS to start a local Ray on this machine (needs eyecare[ray]; see docs/bench.md)", "model copies")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="only write predictions")
     p.add_argument("--no-plots", action="store_true", help="write the report without charts")
@@ -342,13 +348,8 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--rubric", action="append", metavar="FILE",
                    help="a rubric file replacing the shipped one for its task (repeat for both tasks)")
     p.add_argument("--concurrency", type=int, default=4, metavar="N", help="judge calls in flight (default 4)")
-    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="with --judge local:DIR: judge on a Ray cluster, one judge model per worker (ADDRESS as "
-                   "for `bench run --ray`; needs eyecare[ray]; see docs/bench.md)")
-    p.add_argument("--workers", type=int, metavar="N", help="with --ray: judge model copies, each a Ray actor "
-                   "(default: as many as the cluster's GPUs allow, 1 without GPUs)")
-    p.add_argument("--gpus-per-worker", type=float, metavar="G", help="with --ray: GPUs per worker, at most 1 "
-                   "(default 1 on a cluster with GPUs; 0 runs on the CPU through lavapipe)")
+    _add_ray_options(p, "with --judge local:DIR: judge on a Ray cluster, one judge model per worker (ADDRESS as "
+                     "for `bench run --ray`; needs eyecare[ray]; see docs/bench.md)", "judge model copies")
     p.add_argument("--attempts", type=int, default=3, metavar="N",
                    help="answers asked per judgment until one is valid JSON (default 3)")
     p.add_argument("--retries", type=int, default=5, metavar="N",
