@@ -75,16 +75,22 @@ def test_siglip_model_naming_and_bf16_cast(parts, tmp_path):
         assert not [n for n in ckpt.names() if "text_model" in n]
 
 
-def test_llava_merged_checkpoint(parts, tmp_path):
-    root, config, ref = parts
-    llava = tmp_path / "llava"
-    llava.mkdir()
+def llava_tensors(root):
+    """The parts' tensors under the names of a merged LLaVA checkpoint (vision tower prefixed)."""
     tensors = {}
     with open_safetensors(root / "siglip") as v, open_safetensors(root / "llm") as l, \
             open_safetensors(root / "projector.safetensors") as p:
         tensors.update({"model.vision_tower.vision_tower.vision_model." + n: np.array(v.get(n)) for n in v.names()})
         tensors.update({n: np.array(p.get(n)) for n in p.names()})
         tensors.update({n: np.array(l.get(n)) for n in l.names()})
+    return tensors
+
+
+def test_llava_merged_checkpoint(parts, tmp_path):
+    root, config, ref = parts
+    llava = tmp_path / "llava"
+    llava.mkdir()
+    tensors = llava_tensors(root)
     # Sharded, as LLaVA training saves big models.
     names = sorted(tensors)
     half = len(names) // 2
@@ -138,12 +144,7 @@ def test_tensors_with_no_place_are_refused_unless_asked(parts, tmp_path, capsys)
     root, config, ref = parts
     llava = tmp_path / "llava"
     llava.mkdir()
-    tensors = {}
-    with open_safetensors(root / "siglip") as v, open_safetensors(root / "llm") as l, \
-            open_safetensors(root / "projector.safetensors") as p:
-        tensors.update({"model.vision_tower.vision_tower.vision_model." + n: np.array(v.get(n)) for n in v.names()})
-        tensors.update({n: np.array(p.get(n)) for n in p.names()})
-        tensors.update({n: np.array(l.get(n)) for n in l.names()})
+    tensors = llava_tensors(root)
     d_llm = config["text_config"]["hidden_size"]
     # LLaVA-NeXT's learned separator between tile rows, and something nobody knows.
     tensors["model.image_newline"] = np.ones(d_llm, np.float32)
