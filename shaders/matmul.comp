@@ -1,14 +1,15 @@
 #version 450
 // y[M,N] = x[M,K] W[N,K]^T (+ bias[N]) (+ y when accumulating): the GEMM of prefill and vision.
-// Register-blocked: each invocation computes TM rows x TN columns straight from memory. The rows of
-// x are the same for every lane of a workgroup, so their loads are uniform (llvmpipe scalarizes
-// per-lane addresses); W comes through the texel buffer, one fetch giving 4 or 8 weights.
+// Register-blocked: each invocation computes TM rows x TN columns straight from memory. Both x and W
+// come through texel buffers: on llvmpipe a texel fetch is a few vector loads, while a storage-buffer
+// load whose address it cannot prove uniform becomes a per-lane scalar loop (Mesa 22.3), which made
+// the x loads 40 % of this kernel's time.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
 EC_MATMUL_SPEC(EC_SPEC_DECLARE)
 
-layout(std430, binding = 0) readonly buffer X { float x[]; };
+layout(binding = 0) uniform utextureBuffer X;  // f32 values
 layout(binding = 1) uniform utextureBuffer W;
 layout(binding = 2) uniform utextureBuffer B;
 layout(std430, binding = 3) buffer Y { float y[]; };
@@ -29,28 +30,28 @@ void main()
     for (uint j = 0; j < TN; j++) cols[j] = min(n0 + j, p.N - 1);
     uint w_texel = p.w_off / per_texel();  // whole texels when aligned (the C side starts pieces on texels)
 
-    if (p.aligned != 0 && gl_SubgroupSize >= per_texel() && gl_NumSubgroups == 1) {
-        // K is a multiple of the elements per texel: whole texels, no per-element indexing. Each lane
-        // loads one x value per row per step (lane l: element l of the step) and the subgroup shares
-        // them by broadcast: loads whose address varies per lane are llvmpipe's slowest operation, and
-        // this makes one such load serve TN columns x 8 lanes.
+    if (p.aligned != 0 && gl_SubgroupSize >= TM && gl_NumSubgroups == 1) {
+        // K is a multiple of the elements per texel: whole texels, no per-element indexing. Lane l
+        // fetches row l of the tile (lanes past TM repeat the last row) and the subgroup shares the
+        // values by broadcast: one x fetch per lane and step serves TM rows x TN columns.
         uint step = per_texel();
         uint texels_per_row = p.K / step;
-        uint lane_k = gl_SubgroupInvocationID % step;
+        uint my_row = p.x_off + min(m0 + min(gl_SubgroupInvocationID, TM - 1), p.M - 1) * p.K;
         for (uint t = 0; t < texels_per_row; t++) {
             vec4 wlo[TN], whi[TN];
             for (uint j = 0; j < TN; j++) unpack_texel(texelFetch(W, int(w_texel + cols[j] * texels_per_row + t)), wlo[j], whi[j]);
-            uint k = t * step + lane_k;
+            uint xt = (my_row + t * step) / 4;
+            vec4 xa = uintBitsToFloat(texelFetch(X, int(xt)));
+            vec4 xb = WTYPE != W_F32 ? uintBitsToFloat(texelFetch(X, int(xt + 1))) : vec4(0.0);
             for (uint i = 0; i < TM; i++) {
-                float xl = x[rows[i] + k];
                 for (uint e = 0; e < 4; e++) {
-                    float xe = subgroupBroadcast(xl, e);
-                    for (uint j = 0; j < TN; j++) acc[i][j] += xe * wlo[j][e];
+                    float xe = subgroupBroadcast(xa[e], i);
+                    for (uint j = 0; j < TN; j++) acc[i][j] = fma(xe, wlo[j][e], acc[i][j]);
                 }
                 if (WTYPE != W_F32) {
                     for (uint e = 0; e < 4; e++) {
-                        float xe = subgroupBroadcast(xl, e + 4);
-                        for (uint j = 0; j < TN; j++) acc[i][j] += xe * whi[j][e];
+                        float xe = subgroupBroadcast(xb[e], i);
+                        for (uint j = 0; j < TN; j++) acc[i][j] = fma(xe, whi[j][e], acc[i][j]);
                     }
                 }
             }
@@ -64,11 +65,11 @@ void main()
             uint k = t * step;
             for (uint i = 0; i < TM; i++) {
                 uint r = rows[i] + k;
-                vec4 xlo = vec4(x[r], x[r + 1], x[r + 2], x[r + 3]);
+                vec4 xlo = uintBitsToFloat(texelFetch(X, int(r / 4)));
                 if (WTYPE == W_F32) {
                     for (uint j = 0; j < TN; j++) acc[i][j] += dot(xlo, wlo[j]);
                 } else {
-                    vec4 xhi = vec4(x[r + 4], x[r + 5], x[r + 6], x[r + 7]);
+                    vec4 xhi = uintBitsToFloat(texelFetch(X, int(r / 4 + 1)));
                     for (uint j = 0; j < TN; j++) acc[i][j] += dot(xlo, wlo[j]) + dot(xhi, whi[j]);
                 }
             }
@@ -78,7 +79,7 @@ void main()
             float w[TN];
             for (uint j = 0; j < TN; j++) w[j] = fetch_elem(W, p.w_off + cols[j] * p.K + k);
             for (uint i = 0; i < TM; i++) {
-                float xv = x[rows[i] + k];
+                float xv = fetch_f32(X, rows[i] + k);
                 for (uint j = 0; j < TN; j++) acc[i][j] += xv * w[j];
             }
         }

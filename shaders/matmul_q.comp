@@ -3,13 +3,14 @@
 // (int8/int4, shaders/quant.glsl). As matmul.comp, each invocation computes TM rows x TN columns; per
 // block it fetches its TN columns' packed integers and scales once, then takes them apart eight
 // weights at a time into scaled f32 values (exact), so no dequantized copy of W exists anywhere.
+// x, too, is read through a texel buffer (why: matmul.comp).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #include "quant.glsl"
 
 EC_MATMUL_Q_SPEC(EC_SPEC_DECLARE)
 
-layout(std430, binding = 0) readonly buffer X { float x[]; };
+layout(binding = 0) uniform utextureBuffer X;  // f32 values
 layout(binding = 1) uniform utextureBuffer W;
 layout(binding = 2) uniform utextureBuffer S;
 layout(binding = 3) uniform utextureBuffer B;
@@ -30,10 +31,10 @@ void main()
     for (uint i = 0; i < TM; i++) rows[i] = p.x_off + min(m0 + i, p.M - 1u) * p.K;
     uint cols[TN];
     for (uint j = 0; j < TN; j++) cols[j] = min(n0 + j, p.N - 1u);
-    // Whole blocks and one subgroup of at least 8 lanes: lane l loads x value l of each group of 8 and
-    // the subgroup shares them by broadcast (per-lane addresses are llvmpipe's slowest loads; see matmul.comp).
-    bool broadcast = p.aligned != 0 && gl_SubgroupSize >= 8 && gl_NumSubgroups == 1;
-    uint lane_k = gl_SubgroupInvocationID % 8u;
+    // Whole blocks and one subgroup of at least TM lanes: lane l fetches row l of the tile, eight values
+    // at a time, and the subgroup shares them by broadcast (as in matmul.comp).
+    bool broadcast = p.aligned != 0 && gl_SubgroupSize >= TM && gl_NumSubgroups == 1;
+    uint my_row = p.x_off + min(m0 + min(gl_SubgroupInvocationID, TM - 1u), p.M - 1u) * p.K;
 
     for (uint b = 0; b < blocks; b++) {
         uvec4 q[TN][2];
@@ -50,21 +51,25 @@ void main()
                 wlo[j] *= scale[j];
                 whi[j] *= scale[j];
             }
+            vec4 xa = vec4(0.0), xb = vec4(0.0);
+            if (broadcast) {
+                xa = uintBitsToFloat(texelFetch(X, int((my_row + k0) / 4u)));
+                xb = uintBitsToFloat(texelFetch(X, int((my_row + k0) / 4u + 1u)));
+            }
             for (uint i = 0; i < TM; i++) {
                 if (broadcast) {
-                    float xl = x[rows[i] + k0 + lane_k];
                     for (uint e = 0; e < 4; e++) {
-                        float xe = subgroupBroadcast(xl, e);
+                        float xe = subgroupBroadcast(xa[e], i);
                         for (uint j = 0; j < TN; j++) acc[i][j] += xe * wlo[j][e];
                     }
                     for (uint e = 0; e < 4; e++) {
-                        float xe = subgroupBroadcast(xl, e + 4);
+                        float xe = subgroupBroadcast(xb[e], i);
                         for (uint j = 0; j < TN; j++) acc[i][j] += xe * whi[j][e];
                     }
                 } else {
                     for (uint e = 0; e < 8; e++) {
                         uint k = k0 + e;
-                        float xe = k < p.K ? x[rows[i] + k] : 0.0;
+                        float xe = k < p.K ? fetch_f32(X, rows[i] + k) : 0.0;
                         for (uint j = 0; j < TN; j++) acc[i][j] += xe * (e < 4 ? wlo[j][e] : whi[j][e - 4]);
                     }
                 }

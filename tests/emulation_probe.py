@@ -36,6 +36,14 @@ for name, M in (("matvec", 2), ("matmul", 9)):
     core.op_matmul(tensor(x), wt, bt, y)
     errors[name] = rel_err(y.numpy(), x.astype(np.float64) @ wr.T + bias)
 
+# A GEMM whose x (2100 x 2056 f32, 16.5 MiB) is itself past the texel reach: x is read through texel views, so
+# its rows go in chunks; the last rows of a chunk and the first of the next must both land.
+x3 = rand(2100, K)
+w3 = rand(24, K)
+y3 = empty((2100, 24))
+core.op_matmul(tensor(x3), tensor(w3, "bfloat16"), None, y3)
+errors["matmul_long_x"] = rel_err(y3.numpy(), x3.astype(np.float64) @ from_bfloat16(to_bfloat16(w3)).astype(np.float64).T)
+
 # An f32 weight whose rows are not whole texels (K = 1027): the unaligned path, split too.
 N2, K2 = 4097, 1027
 w2, x2 = rand(N2, K2), rand(3, K2)

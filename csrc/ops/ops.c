@@ -16,7 +16,7 @@ enum { K_matmul, K_matvec, K_matmul_q, K_matvec_q, K_add, K_norm, K_activation, 
        K_embedding, K_copy2d, K_pool2d, K_argmax, K_patchify, K_peak_fma, K_attention_decode, K_attention_combine,
        K_copy2d_f16, K_rope_kv, K_attention_tiled };
 const ec_kernel_def ec_kernels[] = {
-    KERNEL(matmul, "STTS", matmul),   KERNEL(matvec, "TTTST", matvec),       KERNEL(matmul_q, "STTTS", matmul_q),
+    KERNEL(matmul, "TTTS", matmul),   KERNEL(matvec, "TTTST", matvec),       KERNEL(matmul_q, "TTTTS", matmul_q),
     KERNEL(matvec_q, "TTTTS", matmul_q), KERNEL(add, "SSS", add),
     KERNEL(norm, "STTS", norm),       KERNEL(activation, "SSS", activation), KERNEL(softmax, "SS", softmax),
     KERNEL(rope, "SS", rope),         KERNEL(attention, "STTSS", attention), KERNEL(embedding, "STS", embedding),
@@ -149,12 +149,15 @@ ec_cols ec_whole(ec_tensor *t)
 #define MATVEC_MAX_ROWS 8
 #define MATVEC_ROWS_PER_GROUP 16
 
-/* The GEMMs' rows of x and y per dispatch: rows beyond one storage binding go in chunks (e.g. the logits of a
- * long prompt), a whole number of TM-row tiles each. */
+/* The GEMMs' rows of x and y per dispatch: rows beyond one storage binding (y) or one texel view (x, read
+ * through a texel buffer) go in chunks (e.g. the logits of a long prompt), a whole number of TM-row tiles each. */
 static ec_status gemm_rows_per_dispatch(ec_context *ctx, int64_t K, int64_t N, uint32_t TM, uint64_t *chunk)
 {
+    uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
+    uint64_t x_rows = (ec_texel_reach(ctx) - align) / ((uint64_t)K * 4);
     *chunk = rows_per_binding(ctx, (uint64_t)(K > N ? K : N));
-    if (*chunk == 0) return ec_fail(EC_ERR_ARG, "matmul: one row is larger than a storage binding");
+    if (x_rows < *chunk) *chunk = x_rows;
+    if (*chunk == 0) return ec_fail(EC_ERR_ARG, "matmul: one row is larger than a storage binding or texel view");
     *chunk = *chunk / TM * TM;
     if (*chunk == 0) *chunk = 1;
     return EC_OK;
@@ -202,7 +205,9 @@ static ec_status matmul_quantized(ec_context *ctx, ec_tensor *x, ec_tensor *w, e
     EC_TRY(gemm_rows_per_dispatch(ctx, K, N, TM, &chunk));
     for (int64_t r0 = 0; r0 < M; r0 += chunk) {
         int64_t rows = M - r0 < (int64_t)chunk ? M - r0 : (int64_t)chunk;
-        EC_TRY(bind_span(x, (uint64_t)r0 * K, (uint64_t)rows * K, &bind[0], &pc.x_off));
+        uint64_t x_skip;
+        EC_TRY(ec_bind_texel_range(x, (uint64_t)r0 * K * 4, (uint64_t)rows * K * 4, &bind[0], &x_skip));
+        pc.x_off = (uint32_t)(x_skip / 4);
         EC_TRY(bind_span(y, (uint64_t)r0 * N, (uint64_t)rows * N, &bind[4], &pc.y_off));
         pc.M = (uint32_t)rows;
         for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += piece) {
@@ -362,7 +367,9 @@ static ec_status gemm(ec_context *ctx, ec_tensor *x, ec_tensor *w, ec_tensor *bi
     EC_TRY(gemm_rows_per_dispatch(ctx, K, N, TM, &chunk));
     for (int64_t r0 = 0; r0 < M; r0 += chunk) {
         int64_t rows = M - r0 < (int64_t)chunk ? M - r0 : (int64_t)chunk;
-        EC_TRY(bind_span(x, (uint64_t)r0 * K, (uint64_t)rows * K, &bind[0], &pc.x_off));
+        uint64_t x_skip;
+        EC_TRY(ec_bind_texel_range(x, (uint64_t)r0 * K * 4, (uint64_t)rows * K * 4, &bind[0], &x_skip));
+        pc.x_off = (uint32_t)(x_skip / 4);
         EC_TRY(bind_span(y, (uint64_t)r0 * N, (uint64_t)rows * N, &bind[3], &pc.y_off));
         pc.M = (uint32_t)rows;
         for (uint64_t n0 = 0; n0 < (uint64_t)N; n0 += pieces_rows) {
