@@ -46,12 +46,12 @@ void main()
     int wg_last = p.causal != 0 ? len - int(p.T) + int(wg_last_t) : len - 1;
 
     uint qb = p.q_off + b * p.q_seq + tq * p.q_row + h * D;
-    uint kv_head = (b - p.b0) * p.kv_seq + hk * D;  // the K/V views start at sequence b0
+    uint kv_base = (b - p.b0) * p.kv_seq + hk * p.kv_head;  // the K/V views start at sequence b0
     float m = -3.402823466e38, l = 0.0;
     float o_out[D];
 
     bool shared_path = D % 4 == 0 && p.k_off % 4 == 0 && p.v_off % 4 == 0 && p.kv_row % 4 == 0 &&
-                       p.kv_seq % 4 == 0 && gl_NumSubgroups == 1;
+                       p.kv_seq % 4 == 0 && p.kv_head % 4 == 0 && gl_NumSubgroups == 1;
     if (shared_path) {
         // The workgroup width (specialization constant 0) is the subgroup size on this path, and a
         // compile-time constant: with it every array index below is constant once the loops unroll,
@@ -64,7 +64,7 @@ void main()
             acc[d] = vec4(0.0);
         }
         for (int s = 0; s <= wg_last; s++) {
-            uint kb = p.k_off + kv_head + uint(s) * p.kv_row, vb = kb - p.k_off + p.v_off;
+            uint kb = p.k_off + kv_base + uint(s) * p.kv_row, vb = kb - p.k_off + p.v_off;
             vec4 kpart[chunks], vpart[chunks];
             [[unroll]] for (uint c = 0; c < chunks; c++) {
                 uint d4 = min(c * width + lane, D4 - 1);
@@ -88,7 +88,7 @@ void main()
         [[unroll]] for (uint d = 0; d < D; d++) { qv[d] = q[qb + d] * p.scale; acc[d] = 0.0; }
         for (int s = 0; s <= wg_last; s++) {
             if (s > last) continue;
-            uint kb = p.k_off + kv_head + uint(s) * p.kv_row, vb = kb - p.k_off + p.v_off;
+            uint kb = p.k_off + kv_base + uint(s) * p.kv_row, vb = kb - p.k_off + p.v_off;
             float score = 0.0;
             [[unroll]] for (uint d = 0; d < D; d++) score += qv[d] * fetch_elem(K, kb + d);
             float m_new = max(m, score);

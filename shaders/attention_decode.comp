@@ -59,18 +59,20 @@ void q8(uint qb, uint d0, out vec4 lo, out vec4 hi)
 
 void lane_keys(uint lane, uint b, uint hk, uint s0, uint s1, bool aligned)
 {
-    const uint width = gl_WorkGroupSize.x, CH = (C8 + width - 1) / width;  // V chunks per lane
-    vec4 alo[G][CH], ahi[G][CH];
-    float m[G], l[G];  // l: this lane's share of the softmax denominator, summed over the lanes at the end
+    const uint width = gl_WorkGroupSize.x;
+    // Each lane runs its own online softmax over keys s0 + lane, s0 + lane + width, ...: its running max,
+    // sum and output rows (all D values of the G heads); the lanes are combined once, at the end.
+    vec4 alo[G][C8], ahi[G][C8];
+    float m[G], l[G];
     [[unroll]] for (uint g = 0; g < G; g++) {
-        [[unroll]] for (uint c = 0; c < CH; c++) {
+        [[unroll]] for (uint c = 0; c < C8; c++) {
             alo[g][c] = vec4(0.0);
             ahi[g][c] = vec4(0.0);
         }
         m[g] = -3.402823466e38;
         l[g] = 0.0;
     }
-    uint kb = p.k_off + (b - p.b0) * p.kv_seq + hk * D, vb = p.v_off + (b - p.b0) * p.kv_seq + hk * D;
+    uint kb = p.k_off + (b - p.b0) * p.kv_seq + hk * p.kv_head, vb = p.v_off + (b - p.b0) * p.kv_seq + hk * p.kv_head;
     vec4 qlo[G][C8], qhi[G][C8];  // loaded once: a guarded load inside the key loop costs llvmpipe a gather per key
     [[unroll]] for (uint g = 0; g < G; g++)
         [[unroll]] for (uint c = 0; c < C8; c++) q8(p.q_off + b * p.q_seq + (hk * G + g) * D, c * 8, qlo[g][c], qhi[g][c]);
@@ -84,37 +86,34 @@ void lane_keys(uint lane, uint b, uint hk, uint s0, uint s1, bool aligned)
             load8(K, kb + key * p.kv_row + c * 8, c * 8, aligned, klo, khi);
             [[unroll]] for (uint g = 0; g < G; g++) score[g] += dot(qlo[g][c], klo) + dot(qhi[g][c], khi);
         }
-        float w[G];
+        // One exp per key and head: whichever of the old max and the new score is smaller is rescaled.
+        float corr[G], w[G];
         [[unroll]] for (uint g = 0; g < G; g++) {
-            float sc = live ? score[g] * p.scale : -3.402823466e38;
-            float mn = max(m[g], subgroupMax(sc));
-            float corr = exp(m[g] - mn);
-            w[g] = live ? exp(sc - mn) : 0.0;
-            l[g] = l[g] * corr + w[g];
-            m[g] = mn;
-            [[unroll]] for (uint c = 0; c < CH; c++) {
-                alo[g][c] *= corr;
-                ahi[g][c] *= corr;
-            }
+            float sc = score[g] * p.scale;
+            float e = exp(-abs(sc - m[g]));
+            bool grows = sc > m[g];
+            corr[g] = live && grows ? e : 1.0;
+            w[g] = live ? (grows ? 1.0 : e) : 0.0;
+            m[g] = live ? max(m[g], sc) : m[g];
+            l[g] = l[g] * corr[g] + w[g];
         }
-        [[unroll]] for (uint k = 0; k < width; k++) {
-            if (s + k >= s1) break;
-            [[unroll]] for (uint c = 0; c < CH; c++) {
-                uint d0 = min(c * width + lane, C8 - 1) * 8;  // lanes past the row re-read its last chunk (not stored)
-                vec4 vlo, vhi;
-                load8(V, vb + (s + k) * p.kv_row + d0, d0, aligned, vlo, vhi);
-                [[unroll]] for (uint g = 0; g < G; g++) {
-                    float wk = subgroupBroadcast(w[g], k);
-                    alo[g][c] += wk * vlo;
-                    ahi[g][c] += wk * vhi;
-                }
+        [[unroll]] for (uint c = 0; c < C8; c++) {
+            vec4 vlo, vhi;
+            load8(V, vb + key * p.kv_row + c * 8, c * 8, aligned, vlo, vhi);
+            [[unroll]] for (uint g = 0; g < G; g++) {
+                alo[g][c] = alo[g][c] * corr[g] + w[g] * vlo;
+                ahi[g][c] = ahi[g][c] * corr[g] + w[g] * vhi;
             }
         }
     }
 
+    // Combine the lanes: rescale each to the workgroup's max, sum across the subgroup; lane l then writes
+    // values l, l + width, ... of each output row.
     [[unroll]] for (uint g = 0; g < G; g++) {
         uint h = hk * G + g;
-        float total = subgroupAdd(l[g]);
+        float mx = subgroupMax(m[g]);
+        float f = l[g] > 0.0 ? exp(m[g] - mx) : 0.0;
+        float total = subgroupAdd(l[g] * f);
         uint base;
         float inv;
         if (p.splits == 1) {
@@ -123,19 +122,21 @@ void lane_keys(uint lane, uint b, uint hk, uint s0, uint s1, bool aligned)
         } else {
             uint part = p.o_off + ((b * p.Hq + h) * p.splits + gl_WorkGroupID.x) * (D + 2);
             if (lane == 0) {
-                o[part] = m[g];
+                o[part] = mx;
                 o[part + 1] = total;
             }
             base = part + 2;
             inv = 1.0;
         }
-        [[unroll]] for (uint c = 0; c < CH; c++) {
-            uint d0 = (c * width + lane) * 8;
-            [[unroll]] for (uint i = 0; i < 4; i++) {
-                if (d0 + i < D) o[base + d0 + i] = alo[g][c][i] * inv;
-                if (d0 + 4 + i < D) o[base + d0 + 4 + i] = ahi[g][c][i] * inv;
-            }
+        float mine[(D + width - 1) / width];
+        [[unroll]] for (uint c = 0; c < (D + width - 1) / width; c++) mine[c] = 0.0;
+        [[unroll]] for (uint d = 0; d < D; d++) {
+            float v = (d % 8 < 4 ? alo[g][d / 8][d % 4] : ahi[g][d / 8][d % 4]) * f;
+            float sum = subgroupAdd(v) * inv;
+            if (lane == d % width) mine[d / width] = sum;
         }
+        [[unroll]] for (uint c = 0; c < (D + width - 1) / width; c++)
+            if (c * width + lane < D) o[base + c * width + lane] = mine[c];
     }
 }
 
@@ -148,7 +149,7 @@ void main()
     uint s0 = split * p.split_len, s1 = min(s0 + p.split_len, len);
     uint align = WTYPE == W_F32 ? 4u : 8u;
     bool aligned = D % 8 == 0 && p.k_off % align == 0 && p.v_off % align == 0 && p.kv_row % align == 0 &&
-                   p.kv_seq % align == 0;
+                   p.kv_seq % align == 0 && p.kv_head % align == 0;
     if (LANE_KEYS != 0) {
         // both cases spelled out with a constant: llvmpipe would run a branch on a run-time value both ways
         if (aligned) lane_keys(lane, b, hk, s0, s1, true);
@@ -173,7 +174,7 @@ void main()
         l[g] = 0.0;
     }
 
-    uint kb = p.k_off + (b - p.b0) * p.kv_seq + hk * D, vb = p.v_off + (b - p.b0) * p.kv_seq + hk * D;  // views start at b0
+    uint kb = p.k_off + (b - p.b0) * p.kv_seq + hk * p.kv_head, vb = p.v_off + (b - p.b0) * p.kv_seq + hk * p.kv_head;  // views start at b0
     for (uint s = s0; s < s1; s++) {
         vec4 klo[CH], khi[CH], vlo[CH], vhi[CH];
         [[unroll]] for (uint c = 0; c < CH; c++) {

@@ -60,13 +60,13 @@ void main()
         l[i] = 0.0;
     }
 
-    uint kv_head = (b - p.b0) * p.kv_seq + hk * D;  // the K/V views start at sequence b0
+    uint kv_base = (b - p.b0) * p.kv_seq + hk * p.kv_head;  // the K/V views start at sequence b0
     for (int s0 = 0; s0 <= wg_last; s0 += int(KB)) {
         // Scores of this lane's TN keys (rows past the sequence read its last row, then are masked).
         float sc[TQ][TN];
         uint kb[TN];
         [[unroll]] for (uint c = 0; c < TN; c++) {
-            kb[c] = p.k_off + kv_head + uint(min(s0 + int(lane * TN + c), len - 1)) * p.kv_row;
+            kb[c] = p.k_off + kv_base + uint(min(s0 + int(lane * TN + c), len - 1)) * p.kv_row;
             [[unroll]] for (uint i = 0; i < TQ; i++) sc[i][c] = 0.0;
         }
         [[unroll]] for (uint d = 0; d < D4; d++) {
@@ -96,7 +96,7 @@ void main()
         }
         // Output: every key of the block, its weights from the lane that scored it.
         [[unroll]] for (uint j = 0; j < KB; j++) {
-            uint vb = p.v_off + kv_head + uint(min(s0 + int(j), len - 1)) * p.kv_row;
+            uint vb = p.v_off + kv_base + uint(min(s0 + int(j), len - 1)) * p.kv_row;
             vec4 vv[CH];
             [[unroll]] for (uint c = 0; c < CH; c++) vv[c] = fetch4(V, vb + 4 * min(c * width + lane, D4 - 1));
             [[unroll]] for (uint i = 0; i < TQ; i++) {

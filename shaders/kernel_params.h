@@ -108,7 +108,9 @@ struct ec_rope_push {
  * KV cache (in its dtype, specialization constant 1); offsets and strides in values of each buffer ---- */
 struct ec_rope_kv_push {
     EC_UINT T, Hq, Hkv, head_dim, rot_dim;
-    EC_UINT src_off, src_row, cs_off, q_off, q_row, kv_off, kv_row;
+    EC_UINT src_off, src_row, cs_off, q_off, q_row;
+    EC_UINT kv_off, kv_row, kv_head;      /* cache value (r, head, e) = kv_off + r*kv_row + head*kv_head + e, heads:
+                                             the Hkv k heads, then the Hkv v heads */
 };
 #define EC_ROPE_KV_SPEC(X)
 
@@ -118,7 +120,7 @@ struct ec_attention_push {
     EC_UINT b0;                           /* first sequence of this dispatch: b = b0 + workgroup z; the K/V
                                              views start at sequence b0 (k/v elements below use b - b0) */
     EC_UINT q_off, q_row, q_seq;          /* q element (b,t,h,d) = q_off + b*q_seq + t*q_row + h*D + d */
-    EC_UINT k_off, v_off, kv_row, kv_seq; /* k/v element (b,s,h,d) = k_off + (b-b0)*kv_seq + s*kv_row + h*D + d */
+    EC_UINT k_off, v_off, kv_row, kv_seq, kv_head; /* k/v element (b,s,h,d) = k_off + (b-b0)*kv_seq + s*kv_row + h*kv_head + d */
     EC_UINT o_off, o_row, o_seq;
     float scale;
 };
@@ -136,7 +138,7 @@ struct ec_attention_decode_push {
     EC_UINT b0;                           /* first sequence of this dispatch: b = b0 + workgroup z; the K/V views
                                              start at sequence b0 (k/v elements below use b - b0) */
     EC_UINT q_off, q_seq;                 /* q element (b,h,d) = q_off + b*q_seq + h*D + d */
-    EC_UINT k_off, v_off, kv_row, kv_seq; /* k/v element (b,s,h,d) = k_off + (b-b0)*kv_seq + s*kv_row + h*D + d */
+    EC_UINT k_off, v_off, kv_row, kv_seq, kv_head; /* k/v element (b,s,h,d) = k_off + (b-b0)*kv_seq + s*kv_row + h*kv_head + d */
     EC_UINT o_off, o_seq;                 /* output (b,h,d) = o_off + b*o_seq + h*D + d, or the partials' base */
     EC_UINT splits, split_len;
     float scale;

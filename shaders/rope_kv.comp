@@ -1,8 +1,8 @@
 #version 450
 // RoPE and the KV-cache append in one pass over a sequence's new rows of the fused qkv projection
 // (T rows of q | k | v, Hq + 2 Hkv heads of D values): q heads are rotated into q_out (f32), k heads
-// rotated and v heads copied into the cache rows (k | v, the layout of the qkv row's tail) in the
-// cache's dtype (specialization constant 1: f32, or f16 rounded to nearest). One invocation writes the
+// rotated and v heads copied into the cache (k heads then v heads, kv_head values apart: the row's tail
+// for a token-major cache, a head's whole block for the decoder's head-major one) in the cache's dtype (specialization constant 1: f32, or f16 rounded to nearest). One invocation writes the
 // adjacent values 2j and 2j + 1 of one head (one 32-bit word of an f16 cache) and reads the qkv
 // projection only, so no invocation reads what another writes. Rotate-half form: value e < rot/2
 // pairs with e + rot/2; the table row holds cos | sin of the rot/2 frequencies (see rope.comp).
@@ -42,7 +42,7 @@ void main()
             qo[o] = a;
             qo[o + 1] = b;
         } else {
-            uint o = p.kv_off + r * p.kv_row + (h - p.Hq) * p.head_dim + e;  // in cache values
+            uint o = p.kv_off + r * p.kv_row + (h - p.Hq) * p.kv_head + e;  // in cache values
             if (WTYPE == W_F16) {
                 kv[o / 2] = packHalf2x16(vec2(a, b));
             } else {

@@ -239,6 +239,29 @@ def test_rope_kv_rotates_q_and_appends_k_v_to_the_cache(kv_dtype, T, H, Hkv, D, 
     np.testing.assert_array_equal(got[4 + T:], cache0[4 + T:])
 
 
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("T,H,Hkv,D,rot", [(1, 4, 4, 16, 16), (3, 14, 2, 8, 8)])
+def test_rope_kv_appends_to_a_head_major_cache(kv_dtype, T, H, Hkv, D, rot):
+    # The decoder's cache layout, [2 Hkv, rows, D]: head j's new rows 4 .. 4 + T land in its own block (k heads,
+    # then v heads); every other value stays.
+    rows = 12
+    qkv = rand(T, (H + 2 * Hkv) * D)
+    ang = (4 + np.arange(T))[:, None] * (1.0 / (10000 ** (np.arange(0, rot, 2) / rot)))[None]
+    table = np.concatenate([np.cos(ang), np.sin(ang)], 1).astype(np.float32)
+    cache0 = rand(2 * Hkv, rows, D).astype(kv_dtype)
+    q, cache = empty((T, H * D)), tensor(cache0, kv_dtype)
+    core.op_rope_kv(tensor(qkv), tensor(table), H, Hkv, D, rot, q, cache, 4, True)
+    cos, sin = table[:, :rot // 2], table[:, rot // 2:]
+    k = rope_reference(qkv[:, H * D:(H + Hkv) * D], cos, sin, Hkv, D, rot)
+    new = np.concatenate([k, qkv[:, (H + Hkv) * D:]], 1).reshape(T, 2 * Hkv, D).transpose(1, 0, 2)
+    want = cache0.astype(np.float64)
+    want[:, 4:4 + T] = new
+    got = cache.numpy().astype(np.float64)
+    close(got, want, rtol=2 ** -11 if kv_dtype == "float16" else 1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[:, :4], cache0[:, :4])
+    np.testing.assert_array_equal(got[:, 4 + T:], cache0[:, 4 + T:])
+
+
 @pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
 @pytest.mark.parametrize("M,K,N,bias", [(1, 64, 40, False), (3, 96, 33, True), (1, 37, 20, True), (12, 64, 24, False)])
 def test_rmsnorm_matmul(dtype, M, K, N, bias):
@@ -313,6 +336,27 @@ def test_attention_decode_split_k(kv_dtype, B, S, H, Hkv, D, lens, splits):
     core.op_attention(tensor(q), tensor(k, kv_dtype), tensor(v, kv_dtype), out, tensor(np.array(lens, np.int32)), B, 1, S,
                       H, Hkv, D, True, scale, partials, splits, max(lens))
     want = attention_reference(q, rounded(k, kv_dtype), rounded(v, kv_dtype), lens, B, 1, S, H, Hkv, D, True, scale)
+    close(out.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("B,T,S,H,Hkv,D,lens", [
+    (2, 1, 50, 14, 2, 8, [13, 50]),    # decode, 7 query heads per KV head
+    (1, 1, 300, 4, 4, 64, [300]),      # decode, one query head per KV head (keys across lanes on a CPU)
+    (2, 5, 40, 4, 1, 128, [25, 40]),   # prefill after cached keys (the tiled kernel on a CPU)
+    (1, 9, 9, 2, 1, 6, [9]),           # head dim not a multiple of 4: the general kernel
+])
+def test_attention_reads_a_head_major_cache(kv_dtype, B, T, S, H, Hkv, D, lens):
+    # The decoder's cache layout: per sequence, each KV head's keys contiguous ([B, Hkv, S, D]); the same
+    # keys as test_attention's token-major rows.
+    q, k, v = rand(B * T, H * D), rand(B * S, Hkv * D), rand(B * S, Hkv * D)
+    head_major = lambda a: np.ascontiguousarray(a.reshape(B, S, Hkv, D).transpose(0, 2, 1, 3))
+    out = empty((B * T, H * D))
+    partials = empty((B * H * 8, D + 2))
+    scale = D ** -0.5
+    core.op_attention(tensor(q), tensor(head_major(k), kv_dtype), tensor(head_major(v), kv_dtype), out,
+                      tensor(np.array(lens, np.int32)), B, T, S, H, Hkv, D, True, scale, partials, 3 if T == 1 else 0, max(lens), True)
+    want = attention_reference(q, rounded(k, kv_dtype), rounded(v, kv_dtype), lens, B, T, S, H, Hkv, D, True, scale)
     close(out.numpy(), want, rtol=1e-4, atol=1e-5)
 
 

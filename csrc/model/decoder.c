@@ -11,10 +11,12 @@
 
 typedef struct {
     ec_tensor *input_norm, *qkv, *qkv_bias, *o, *post_norm, *gate_up, *down; /* borrowed */
-    /* The KV cache: [max_batch, capacity, 2 * kv_dim] in cfg.kv_dtype (f16 by default: a decode step
-     * after a long prompt reads it all, so half the bytes is half that time); a position's row holds
-     * its k, then its v. k and v sit side by side in the qkv projection's output too, so one copy
-     * appends both. */
+    /* The KV cache: [max_batch, 2 * kv_heads, capacity, head_dim] in cfg.kv_dtype (f16 by default: a
+     * decode step after a long prompt reads it all, so half the bytes is half that time). Head-major:
+     * per sequence the k heads, then the v heads, each holding its positions one after another, so
+     * decode attention walks each head's keys as one contiguous stream (a CPU's prefetcher follows it;
+     * with positions as rows of all heads, each key was a jump of 2 * kv_dim values, and decode
+     * attention read the cache at under half the rate). rope_kv writes each new position into every head. */
     ec_tensor *kv;
 } ec_layer;
 
@@ -321,8 +323,8 @@ ec_status ec_decoder_create(ec_context *ctx, const ec_decoder_config *cfg, const
         goto fail;
     }
     for (int64_t l = 0; l < cfg->layers; l++) {
-        int64_t shape[3] = {max_batch, capacity, 2 * d->kv_dim};
-        if ((s = ec_tensor_create(ctx, cfg->kv_dtype, 3, shape, &d->layers[l].kv))) goto fail;
+        int64_t shape[4] = {max_batch, 2 * cfg->kv_heads, capacity, cfg->head_dim};
+        if ((s = ec_tensor_create(ctx, cfg->kv_dtype, 4, shape, &d->layers[l].kv))) goto fail;
     }
     int64_t R = d->chunk, D = cfg->hidden;
     if ((s = scratch(ctx, EC_F32, R, D, &d->x)) || (s = scratch(ctx, EC_F32, R, D, &d->h)) ||
@@ -383,8 +385,10 @@ static ec_status rope_and_append(ec_decoder *d, ec_tensor *kv, ec_tensor *qkv, e
         ec_cols src = {qkv, r0 * (size_t)d->qkv_dim, (size_t)d->qkv_dim};
         ec_cols table = {d->rope, r0 * (size_t)c->rot_dim, (size_t)c->rot_dim};
         ec_cols q = {qr, r0 * (size_t)d->q_dim, (size_t)d->q_dim};
-        ec_cols dst = {kv, ((size_t)(first + b) * cap + (size_t)(d->lengths[first + b] + t0)) * row, row};
-        EC_TRY(ec_op_rope_kv(d->ctx, src, tokens, (int)c->heads, (int)c->kv_heads, (int)c->head_dim, (int)c->rot_dim, table, q, dst));
+        ec_cols dst = {kv, (size_t)(first + b) * cap * row + (size_t)(d->lengths[first + b] + t0) * (size_t)c->head_dim,
+                       (size_t)c->head_dim};
+        EC_TRY(ec_op_rope_kv(d->ctx, src, tokens, (int)c->heads, (int)c->kv_heads, (int)c->head_dim, (int)c->rot_dim, table, q, dst,
+                             (int64_t)(cap * (size_t)c->head_dim)));
     }
     return EC_OK;
 }
@@ -412,13 +416,14 @@ static ec_status record_chunk(ec_decoder *d, int first, int batch, int64_t token
          * qr and k into the cache, append v; attend; x += o_proj(attention). */
         EC_TRY(ec_op_rmsnorm_matmul(ctx, &x, L->input_norm, c->rms_eps, &h, L->qkv, L->qkv_bias, &qkv, 0));
         EC_TRY(rope_and_append(d, L->kv, &qkv, &qr, first, batch, tokens, t0));
-        size_t seq_off = (size_t)first * (size_t)d->capacity * (size_t)(2 * d->kv_dim);
+        size_t seq_off = (size_t)first * (size_t)d->capacity * (size_t)(2 * d->kv_dim), head = (size_t)(d->capacity * c->head_dim);
         ec_attention_args a = {
             .q = ec_whole(&qr),
-            .k = {L->kv, seq_off, (size_t)(2 * d->kv_dim)},
-            .v = {L->kv, seq_off + (size_t)d->kv_dim, (size_t)(2 * d->kv_dim)},
+            .k = {L->kv, seq_off, (size_t)c->head_dim},
+            .v = {L->kv, seq_off + (size_t)c->kv_heads * head, (size_t)c->head_dim},
             .out = ec_whole(&attn),
             .batch = batch, .tokens = tokens, .kv_rows = d->capacity,
+            .kv_seq = d->capacity * 2 * d->kv_dim, .kv_head = (int64_t)head,
             .n_heads = (int)c->heads, .n_kv_heads = (int)c->kv_heads, .head_dim = (int)c->head_dim,
             .causal = 1, .scale = (float)(1.0 / sqrt((double)c->head_dim)), .lengths = d->lens,
             .partials = d->partials, .max_len = max_len,

@@ -545,10 +545,11 @@ ec_status ec_op_rope(ec_context *ctx, ec_cols x, int64_t tokens, int n_heads, in
     return dispatch_rope(ctx, p, bind, &pc, groups_for(ctx, (uint64_t)tokens * n_heads * (rot_dim / 2), width), 1, 1);
 }
 
-static ec_status check_kv(ec_cols c, int64_t rows, int64_t cols, const char *what);
+static ec_status check_kv_heads(ec_cols c, int64_t seqs, uint64_t seq, int64_t rows, int64_t heads, uint64_t head, int64_t dim,
+                                const char *what);
 
 ec_status ec_op_rope_kv(ec_context *ctx, ec_cols qkv, int64_t tokens, int n_heads, int n_kv_heads, int head_dim, int rot_dim,
-                        ec_cols cos_sin, ec_cols q_out, ec_cols kv)
+                        ec_cols cos_sin, ec_cols q_out, ec_cols kv, int64_t kv_head)
 {
     if (n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || head_dim % 2)
         return ec_fail(EC_ERR_ARG, "rope_kv: %d query and %d key/value heads of %d values (an even number)", n_heads, n_kv_heads, head_dim);
@@ -558,9 +559,10 @@ ec_status ec_op_rope_kv(ec_context *ctx, ec_cols qkv, int64_t tokens, int n_head
     EC_TRY(check_cols(qkv, tokens, q_dim + 2 * kv_dim, "rope_kv qkv"));
     EC_TRY(check_cols(cos_sin, tokens, rot_dim, "rope_kv cos/sin table"));
     EC_TRY(check_cols(q_out, tokens, q_dim, "rope_kv q output"));
-    EC_TRY(check_kv(kv, tokens, 2 * kv_dim, "rope_kv cache"));
-    if (kv.t->dtype == EC_F16 && (kv.off % 2 || kv.stride % 2))
-        return ec_fail(EC_ERR_ARG, "rope_kv: an f16 cache's offset and row stride must be even");
+    if (kv_head <= 0) kv_head = head_dim;
+    EC_TRY(check_kv_heads(kv, 1, 0, tokens, 2 * n_kv_heads, (uint64_t)kv_head, head_dim, "rope_kv cache"));
+    if (kv.t->dtype == EC_F16 && (kv.off % 2 || kv.stride % 2 || kv_head % 2))
+        return ec_fail(EC_ERR_ARG, "rope_kv: an f16 cache's offset, row stride and head stride must be even");
     if (tokens == 0) return EC_OK;
     ec_pipeline *p;
     uint32_t width = pointwise_width(ctx);
@@ -568,18 +570,18 @@ ec_status ec_op_rope_kv(ec_context *ctx, ec_cols qkv, int64_t tokens, int n_head
     ec_binding bind[4];
     struct ec_rope_kv_push pc = {.T = (uint32_t)tokens, .Hq = (uint32_t)n_heads, .Hkv = (uint32_t)n_kv_heads,
                                  .head_dim = (uint32_t)head_dim, .rot_dim = (uint32_t)rot_dim, .src_row = (uint32_t)qkv.stride,
-                                 .q_row = (uint32_t)q_out.stride, .kv_row = (uint32_t)kv.stride};
-    uint64_t n = (uint64_t)(tokens - 1);
+                                 .q_row = (uint32_t)q_out.stride, .kv_row = (uint32_t)kv.stride, .kv_head = (uint32_t)kv_head};
+    uint64_t n = (uint64_t)(tokens - 1), kv_span = n * kv.stride + (uint64_t)(2 * n_kv_heads - 1) * kv_head + head_dim;
     EC_TRY(bind_span(qkv.t, qkv.off, n * qkv.stride + (uint64_t)(q_dim + 2 * kv_dim), &bind[0], &pc.src_off));
     EC_TRY(bind_span(cos_sin.t, cos_sin.off, n * cos_sin.stride + (uint64_t)rot_dim, &bind[1], &pc.cs_off));
     EC_TRY(bind_span(q_out.t, q_out.off, n * q_out.stride + (uint64_t)q_dim, &bind[2], &pc.q_off));
     if (kv.t->dtype == EC_F16) {
         /* The cache in 32-bit words (two f16 values each); kv_off counts f16 values from the binding. */
         uint32_t word;
-        EC_TRY(bind_span(kv.t, kv.off / 2, (n * kv.stride + (uint64_t)(2 * kv_dim)) / 2, &bind[3], &word));
+        EC_TRY(bind_span(kv.t, kv.off / 2, kv_span / 2, &bind[3], &word));
         pc.kv_off = 2 * word;
     } else {
-        EC_TRY(bind_span(kv.t, kv.off, n * kv.stride + (uint64_t)(2 * kv_dim), &bind[3], &pc.kv_off));
+        EC_TRY(bind_span(kv.t, kv.off, kv_span, &bind[3], &pc.kv_off));
     }
     uint64_t items = (uint64_t)tokens * (uint64_t)(n_heads + 2 * n_kv_heads) * (uint64_t)(head_dim / 2);
     return dispatch_rope_kv(ctx, p, bind, &pc, groups_for(ctx, items, width), 1, 1);
@@ -598,12 +600,41 @@ static ec_status check_kv(ec_cols c, int64_t rows, int64_t cols, const char *wha
     return EC_OK;
 }
 
+/* K or V laid out as (sequence, row, head, value) -> c.off + b*seq + r*c.stride + h*head + e, f32 or f16:
+ * the last value of the last head of the last row of the last sequence lies inside the tensor. */
+static ec_status check_kv_heads(ec_cols c, int64_t seqs, uint64_t seq, int64_t rows, int64_t heads, uint64_t head, int64_t dim,
+                                const char *what)
+{
+    if (!c.t) return ec_fail(EC_ERR_ARG, "%s is missing", what);
+    if (c.t->dtype != EC_F32 && c.t->dtype != EC_F16)
+        return ec_fail(EC_ERR_ARG, "%s must be float32 or float16, not %s", what, ec_dtype_name(c.t->dtype));
+    if (seqs == 0 || rows == 0) return EC_OK;
+    uint64_t last = c.off + (uint64_t)(seqs - 1) * seq + (uint64_t)(rows - 1) * c.stride + (uint64_t)(heads - 1) * head + (uint64_t)dim;
+    if (last > (uint64_t)ec_numel(c.t) || c.stride < (size_t)dim || head < (uint64_t)dim)
+        return ec_fail(EC_ERR_ARG, "%s: %lld sequence(s) of %lld rows of %lld heads of %lld values at offset %zu (strides: sequence "
+                       "%llu, row %zu, head %llu) do not fit its tensor of %lld values", what, (long long)seqs, (long long)rows,
+                       (long long)heads, (long long)dim, c.off, (unsigned long long)seq, c.stride, (unsigned long long)head,
+                       (long long)ec_numel(c.t));
+    return EC_OK;
+}
+
+/* Where attention's K and V values lie (ec_attention_args: 0 strides mean token-major rows), and how many
+ * values one sequence's keys span from its first. */
+typedef struct { uint64_t seq, head, span; } kv_layout;
+static kv_layout kv_layout_of(const ec_attention_args *a)
+{
+    kv_layout l = {a->kv_seq > 0 ? (uint64_t)a->kv_seq : (uint64_t)a->kv_rows * a->k.stride,
+                   a->kv_head > 0 ? (uint64_t)a->kv_head : (uint64_t)a->head_dim, 0};
+    l.span = (uint64_t)(a->kv_rows - 1) * a->k.stride + (uint64_t)(a->n_kv_heads - 1) * l.head + (uint64_t)a->head_dim;
+    return l;
+}
+
 /* K and V past the texel reach: groups of whole sequences, each group's K/V through views that start at
  * its first sequence (a sequence's keys are never split between views). *group: sequences per group. */
 static ec_status kv_groups(ec_context *ctx, const ec_attention_args *a, uint64_t *group)
 {
-    uint64_t es = ec_dtype_size(a->k.t->dtype), seq_elems = (uint64_t)a->kv_rows * a->k.stride;
-    uint64_t span = (uint64_t)(a->kv_rows - 1) * a->k.stride + (uint64_t)a->n_kv_heads * a->head_dim; /* one sequence's K */
+    kv_layout kl = kv_layout_of(a);
+    uint64_t es = ec_dtype_size(a->k.t->dtype), seq_elems = kl.seq, span = kl.span; /* one sequence's K */
     *group = (uint64_t)a->batch;
     if (ec_texel_fits(a->k.t) && ec_texel_fits(a->v.t)) return EC_OK;
     uint64_t align = ctx->limits.minTexelBufferOffsetAlignment > 16 ? ctx->limits.minTexelBufferOffsetAlignment : 16;
@@ -611,7 +642,7 @@ static ec_status kv_groups(ec_context *ctx, const ec_attention_args *a, uint64_t
     if (span > usable)
         return ec_fail(EC_ERR_ARG, "attention: the keys of one sequence (%llu bytes) exceed the device's texel-buffer reach "
                        "of %llu bytes", (unsigned long long)(span * es), (unsigned long long)ec_texel_reach(ctx));
-    *group = 1 + (usable - span) / seq_elems;
+    *group = seq_elems ? 1 + (usable - span) / seq_elems : (uint64_t)a->batch;
     return EC_OK;
 }
 
@@ -619,8 +650,8 @@ static ec_status kv_groups(ec_context *ctx, const ec_attention_args *a, uint64_t
  * start in the views, in values of the cache's dtype. */
 static ec_status bind_kv_group(const ec_attention_args *a, uint64_t b0, uint64_t n, ec_binding *bind, uint32_t *k_off, uint32_t *v_off)
 {
-    uint64_t es = ec_dtype_size(a->k.t->dtype), seq_elems = (uint64_t)a->kv_rows * a->k.stride;
-    uint64_t len = (n - 1) * seq_elems + (uint64_t)(a->kv_rows - 1) * a->k.stride + (uint64_t)a->n_kv_heads * a->head_dim;
+    kv_layout kl = kv_layout_of(a);
+    uint64_t es = ec_dtype_size(a->k.t->dtype), seq_elems = kl.seq, len = (n - 1) * seq_elems + kl.span;
     uint64_t k_skip, v_skip;
     EC_TRY(ec_bind_texel_range(a->k.t, (a->k.off + b0 * seq_elems) * es, len * es, &bind[1], &k_skip));
     EC_TRY(ec_bind_texel_range(a->v.t, (a->v.off + b0 * seq_elems) * es, len * es, &bind[2], &v_skip));
@@ -670,7 +701,8 @@ static ec_status attention_decode(ec_context *ctx, const ec_attention_args *a, e
                     .LANE_KEYS = (uint32_t)lane_keys));
     struct ec_attention_decode_push pc = {
         .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .q_seq = (uint32_t)a->q.stride, .kv_row = (uint32_t)a->k.stride,
-        .kv_seq = (uint32_t)(S * a->k.stride), .splits = splits, .split_len = split_len, .scale = a->scale};
+        .kv_seq = (uint32_t)kv_layout_of(a).seq, .kv_head = (uint32_t)kv_layout_of(a).head, .splits = splits,
+        .split_len = split_len, .scale = a->scale};
     EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
     uint64_t part_n = (uint64_t)B * H * splits * (D + 2);
     if (splits == 1) {
@@ -708,13 +740,14 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
     if (S <= 0) return ec_fail(EC_ERR_ARG, "attention: no key/value rows");
     EC_TRY(check_cols(a->q, B * T, (int64_t)H * D, "attention q"));
     EC_TRY(check_cols(a->out, B * T, (int64_t)H * D, "attention output"));
-    EC_TRY(check_kv(a->k, B * S, (int64_t)Hkv * D, "attention k"));
-    EC_TRY(check_kv(a->v, B * S, (int64_t)Hkv * D, "attention v"));
+    kv_layout kl = kv_layout_of(a);
+    EC_TRY(check_kv_heads(a->k, B, kl.seq, S, Hkv, kl.head, D, "attention k"));
+    EC_TRY(check_kv_heads(a->v, B, kl.seq, S, Hkv, kl.head, D, "attention v"));
     if (a->k.t->dtype != a->v.t->dtype) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same dtype");
     if (!a->lengths || a->lengths->dtype != EC_I32 || ec_numel(a->lengths) < B)
         return ec_fail(EC_ERR_ARG, "attention: lengths must be an int32 tensor of %lld values", (long long)B);
     if (a->k.stride != a->v.stride) return ec_fail(EC_ERR_ARG, "attention: k and v must have the same row stride");
-    if ((uint64_t)B * S * a->k.stride > UINT32_MAX) return ec_fail(EC_ERR_ARG, "attention: k/v of more than 2^32 values");
+    if ((uint64_t)(B - 1) * kl.seq + kl.span > UINT32_MAX) return ec_fail(EC_ERR_ARG, "attention: k/v of more than 2^32 values");
     uint64_t group;
     EC_TRY(kv_groups(ctx, a, &group));
     ec_binding bind[5];
@@ -727,13 +760,13 @@ ec_status ec_op_attention(ec_context *ctx, const ec_attention_args *a)
      * lane, one subgroup per workgroup, as lavapipe runs it); otherwise one query per lane. The views of K and
      * V start on 16-byte boundaries, so a value offset's remainder mod 4 is the same in every view. */
     int tiled = is_cpu(ctx) && D % 4 == 0 && a->k.off % 4 == 0 && a->v.off % 4 == 0 && a->k.stride % 4 == 0 &&
-                (S * a->k.stride) % 4 == 0;
+                kl.seq % 4 == 0 && kl.head % 4 == 0;
     if (tiled) EC_TRY(PIPELINE(attention_tiled, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D));
     else EC_TRY(PIPELINE(attention, &p, .width = width, .wtype = wtype(a->k.t), .D = (uint32_t)D));
     struct ec_attention_push pc = {
         .T = (uint32_t)T, .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .causal = a->causal != 0,
         .q_row = (uint32_t)a->q.stride, .q_seq = (uint32_t)(T * a->q.stride),
-        .kv_row = (uint32_t)a->k.stride, .kv_seq = (uint32_t)(S * a->k.stride),
+        .kv_row = (uint32_t)a->k.stride, .kv_seq = (uint32_t)kl.seq, .kv_head = (uint32_t)kl.head,
         .o_row = (uint32_t)a->out.stride, .o_seq = (uint32_t)(T * a->out.stride), .scale = a->scale};
     EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B * T - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
     EC_TRY(bind_span(a->out.t, a->out.off, (uint64_t)(B * T - 1) * a->out.stride + (uint64_t)H * D, &bind[4], &pc.o_off));

@@ -53,15 +53,21 @@ ec_status ec_op_rope(ec_context *ctx, ec_cols x, int64_t tokens, int n_heads, in
  * batch * n_heads * splits * (head_dim + 2) values) the key ranges are merged by a second kernel,
  * without it each KV head is one range. */
 /* RoPE and the KV-cache append of one sequence's `tokens` new rows: qkv rows hold q | k | v heads
- * (n_heads + 2 n_kv_heads of head_dim values); q is rotated into q_out, k rotated and v copied into the
- * rows of kv (the cache, f32 or f16, whose rows are k | v); cos_sin rows as ec_op_rope's table. */
+ * (n_heads + 2 n_kv_heads of head_dim values); q is rotated into q_out, k rotated and v copied into kv
+ * (the cache, f32 or f16): value e of head j (the k heads, then the v heads) of new row r lands at
+ * kv.off + r * kv.stride + j * kv_head + e. kv_head = head_dim (or 0): token-major rows k | v; the
+ * decoder's head-major cache passes the capacity times head_dim. cos_sin rows as ec_op_rope's table. */
 ec_status ec_op_rope_kv(ec_context *ctx, ec_cols qkv, int64_t tokens, int n_heads, int n_kv_heads, int head_dim, int rot_dim,
-                        ec_cols cos_sin, ec_cols q_out, ec_cols kv);
+                        ec_cols cos_sin, ec_cols q_out, ec_cols kv, int64_t kv_head);
 
 typedef struct {
     ec_cols q, k, v, out;  /* q/out rows: (b, t) -> row b*T + t; k/v rows: (b, s) -> row b*kv_rows + s */
     int64_t batch, tokens; /* B sequences of T query tokens */
     int64_t kv_rows;       /* rows of k/v per sequence (cache capacity, or T for self-attention) */
+    /* k/v value (b, s, head h, d) at off + b*kv_seq + s*stride + h*kv_head + d. 0 means token-major rows
+     * (kv_seq = kv_rows*stride, kv_head = head_dim); the decoder's cache is head-major: each head's keys
+     * contiguous (stride head_dim, kv_head = capacity*head_dim), which a CPU's prefetcher can follow. */
+    int64_t kv_seq, kv_head;
     int n_heads, n_kv_heads, head_dim;
     int causal;
     float scale;

@@ -157,23 +157,30 @@ static PyObject *op_rope(PyObject *self, PyObject *args)
     RUN_OP(ctx, ec_op_rope(ctx, c, tokens, heads, dim, rot, tc), x, cs);
 }
 
-/* op_rope_kv(qkv, cos_sin, n_heads, n_kv_heads, head_dim, rot_dim, q_out, kv, kv_row0): qkv [T, (H + 2 Hkv) D];
- * q_out [T, H D]; kv [rows, 2 Hkv D] (f32 or f16), written from row kv_row0. */
+/* op_rope_kv(qkv, cos_sin, n_heads, n_kv_heads, head_dim, rot_dim, q_out, kv, kv_row0[, head_major]): qkv
+ * [T, (H + 2 Hkv) D]; q_out [T, H D]; kv (f32 or f16) [rows, 2 Hkv D], or with head_major [2 Hkv, rows, D]
+ * (the decoder's layout), written from row kv_row0. */
 static PyObject *op_rope_kv(PyObject *self, PyObject *args)
 {
     PyObject *x, *cs, *q, *kv;
-    int heads, kv_heads, dim, rot;
+    int heads, kv_heads, dim, rot, head_major = 0;
     Py_ssize_t row0;
-    if (!PyArg_ParseTuple(args, "OOiiiiOOn", &x, &cs, &heads, &kv_heads, &dim, &rot, &q, &kv, &row0)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOiiiiOOn|p", &x, &cs, &heads, &kv_heads, &dim, &rot, &q, &kv, &row0, &head_major)) return NULL;
     ec_tensor *tx = TENSOR(x), *tc = tx ? TENSOR(cs) : NULL, *tq = tc ? TENSOR(q) : NULL, *tk = tq ? TENSOR(kv) : NULL;
     if (!tk) return NULL;
     if (row0 < 0) return PyErr_Format(PyExc_ValueError, "negative cache row");
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
     ec_cols src = ec_whole(tx), table = ec_whole(tc), qo = ec_whole(tq), dst = ec_whole(tk);
+    int64_t kv_head = 0;  /* token-major */
+    if (head_major) {
+        if (dim <= 0 || kv_heads <= 0) return PyErr_Format(PyExc_ValueError, "head_dim and n_kv_heads must be positive");
+        dst.stride = (size_t)dim;
+        kv_head = ec_numel(tk) / (2 * (int64_t)kv_heads);  /* rows * head_dim */
+    }
     dst.off = (size_t)row0 * dst.stride;
     int64_t tokens = tx->ndim > 1 ? tx->shape[0] : 1;
-    RUN_OP(ctx, ec_op_rope_kv(ctx, src, tokens, heads, kv_heads, dim, rot, table, qo, dst), x, cs, q, kv);
+    RUN_OP(ctx, ec_op_rope_kv(ctx, src, tokens, heads, kv_heads, dim, rot, table, qo, dst, kv_head), x, cs, q, kv);
 }
 
 /* op_rmsnorm_matmul(x, g, eps, h, w, bias, y, accumulate=False) */
@@ -207,16 +214,17 @@ static PyObject *op_silu_mul_matmul(PyObject *self, PyObject *args)
 }
 
 /* op_attention(q, k, v, out, lengths, batch, tokens, kv_rows, n_heads, n_kv_heads, head_dim, causal, scale
- *              [, partials, splits, max_len])
- * with q/out [B*T, H*D], k/v [B*kv_rows, Hkv*D]; the last three only matter for decode (T = 1). */
+ *              [, partials, splits, max_len, head_major])
+ * with q/out [B*T, H*D], k/v [B*kv_rows, Hkv*D], or with head_major k/v [B, Hkv, kv_rows, D] (the
+ * decoder's cache layout); partials, splits and max_len only matter for decode (T = 1). */
 static PyObject *op_attention(PyObject *self, PyObject *args)
 {
     PyObject *q, *k, *v, *o, *l, *part = Py_None;
     ec_attention_args a = {0};
     long long B, T, S, max_len = 0;
-    int causal, splits = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOLLLiiipf|OiL", &q, &k, &v, &o, &l, &B, &T, &S, &a.n_heads, &a.n_kv_heads,
-                          &a.head_dim, &causal, &a.scale, &part, &splits, &max_len))
+    int causal, splits = 0, head_major = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOLLLiiipf|OiLp", &q, &k, &v, &o, &l, &B, &T, &S, &a.n_heads, &a.n_kv_heads,
+                          &a.head_dim, &causal, &a.scale, &part, &splits, &max_len, &head_major))
         return NULL;
     ec_tensor *tq = TENSOR(q), *tk = tq ? TENSOR(k) : NULL, *tv = tk ? TENSOR(v) : NULL;
     ec_tensor *to = tv ? TENSOR(o) : NULL, *tl = to ? TENSOR(l) : NULL;
@@ -226,6 +234,12 @@ static PyObject *op_attention(PyObject *self, PyObject *args)
     ec_context *ctx = ctx_or_null();
     if (!ctx) return NULL;
     a.q = ec_whole(tq); a.k = ec_whole(tk); a.v = ec_whole(tv); a.out = ec_whole(to);
+    if (head_major) {
+        if (a.head_dim <= 0 || a.n_kv_heads <= 0 || S <= 0) return PyErr_Format(PyExc_ValueError, "head_dim, n_kv_heads and kv_rows must be positive");
+        a.k.stride = a.v.stride = (size_t)a.head_dim;
+        a.kv_head = S * a.head_dim;
+        a.kv_seq = a.n_kv_heads * a.kv_head;
+    }
     a.batch = B; a.tokens = T; a.kv_rows = S; a.causal = causal; a.lengths = tl;
     a.partials = tp; a.splits = splits; a.max_len = max_len;
     RUN_OP(ctx, ec_op_attention(ctx, &a), q, k, v, o, l, part == Py_None ? NULL : part);
@@ -357,10 +371,10 @@ PyMethodDef ec_py_ops_methods[] = {
     {"op_silu_mul", op_silu_mul, METH_VARARGS, "op_silu_mul(gate, up_or_None, y): y = silu(gate) * up"},
     {"op_softmax", op_softmax, METH_VARARGS, "op_softmax(x, y, scale=1)"},
     {"op_rope", op_rope, METH_VARARGS, "op_rope(x, cos_sin, n_heads, head_dim, rot_dim, col_offset=0), in place"},
-    {"op_attention", op_attention, METH_VARARGS, "op_attention(q, k, v, out, lengths, B, T, kv_rows, H, Hkv, D, causal, scale[, partials, splits, max_len])"},
+    {"op_attention", op_attention, METH_VARARGS, "op_attention(q, k, v, out, lengths, B, T, kv_rows, H, Hkv, D, causal, scale[, partials, splits, max_len, head_major])"},
     {"op_embedding", op_embedding, METH_VARARGS, "op_embedding(ids, table, out)"},
     {"op_copy", op_copy, METH_VARARGS, "op_copy(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols)"},
-    {"op_rope_kv", op_rope_kv, METH_VARARGS, "op_rope_kv(qkv, cos_sin, H, Hkv, D, rot_dim, q_out, kv, kv_row0)"},
+    {"op_rope_kv", op_rope_kv, METH_VARARGS, "op_rope_kv(qkv, cos_sin, H, Hkv, D, rot_dim, q_out, kv, kv_row0, head_major=False)"},
     {"op_rmsnorm_matmul", op_rmsnorm_matmul, METH_VARARGS, "op_rmsnorm_matmul(x, g, eps, h, w, bias, y, accumulate=False)"},
     {"op_silu_mul_matmul", op_silu_mul_matmul, METH_VARARGS, "op_silu_mul_matmul(gate_up, act, w, y, accumulate=False)"},
     {"op_copy_to_f16", op_copy_to_f16, METH_VARARGS, "op_copy_to_f16(src, src_off, src_stride, dst, dst_off, dst_stride, rows, cols)"},
