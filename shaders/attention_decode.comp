@@ -8,12 +8,12 @@
 // scratch arrays. The softmax runs online (running max m, running sum l), with one exp per key and
 // head: whichever of the old max and the new score is smaller is rescaled.
 //
-// LANE_KEYS (CPU devices, one subgroup per workgroup): the lanes take consecutive keys instead. Per block
-// of `width` keys each lane scores its own key against the G query rows (q read with lane-uniform
-// loads), one subgroup max and one exp per lane and head update the online softmax, and the lanes then
-// switch to owning chunks of the head dimension to add the block's V rows, taking each key's weight by
-// broadcast. Per key and head this costs no cross-lane sum and no scalar exp, which the layout above
-// pays on every key (llvmpipe runs cross-lane operations and lane-uniform math at full cost).
+// LANE_KEYS (CPU devices, one subgroup per workgroup): the lanes take consecutive keys instead, and each
+// lane runs its own online softmax over its keys (lane, lane + width, ...): it scores its key against the
+// G query rows (q loaded once), rescales and adds its key's whole V row to its own output rows, and the
+// lanes are combined once, at the end (max, rescale, subgroup sums). Each K or V fetch then reads
+// `width` rows at once (their cache misses overlap), and no key needs a cross-lane operation: llvmpipe
+// runs a subgroup broadcast or max as a loop over the lanes, and lane-uniform math at full cost.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #include "common.glsl"
