@@ -72,14 +72,14 @@ void main()
                 vpart[c] = fetch4(V, vb + 4 * d4);
             }
             float score = 0.0;
-            [[unroll]] for (uint d = 0; d < D4; d++) score += dot(qv[d], subgroupBroadcast(kpart[d / width], d % width));
+            [[unroll]] for (uint d = 0; d < D4; d++) score += dot(qv[d], subgroupShuffle(kpart[d / width], d % width));
             // A masked key leaves the state as it is: exp(-inf) = 0 and the correction is 1.
             if (s > last) score = -1.0 / 0.0;
             float m_new = max(m, score);
             float corr = exp(m - m_new), w = exp(score - m_new);
             l = l * corr + w;
             m = m_new;
-            [[unroll]] for (uint d = 0; d < D4; d++) acc[d] = acc[d] * corr + w * subgroupBroadcast(vpart[d / width], d % width);
+            [[unroll]] for (uint d = 0; d < D4; d++) acc[d] = acc[d] * corr + w * subgroupShuffle(vpart[d / width], d % width);
         }
         [[unroll]] for (uint d = 0; d < D4; d++)
             [[unroll]] for (uint e = 0; e < 4; e++) o_out[4 * d + e] = acc[d][e];

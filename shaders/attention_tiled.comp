@@ -73,7 +73,7 @@ void main()
             vec4 kv4[TN];
             [[unroll]] for (uint c = 0; c < TN; c++) kv4[c] = fetch4(K, kb[c] + 4 * d);
             [[unroll]] for (uint i = 0; i < TQ; i++) {
-                vec4 qd = subgroupBroadcast(qv[i][d / width], d % width);
+                vec4 qd = subgroupShuffle(qv[i][d / width], d % width);
                 [[unroll]] for (uint c = 0; c < TN; c++) sc[i][c] += dot(qd, kv4[c]);
             }
         }
@@ -100,7 +100,7 @@ void main()
             vec4 vv[CH];
             [[unroll]] for (uint c = 0; c < CH; c++) vv[c] = fetch4(V, vb + 4 * min(c * width + lane, D4 - 1));
             [[unroll]] for (uint i = 0; i < TQ; i++) {
-                float w = subgroupBroadcast(sc[i][j % TN], j / TN);
+                float w = subgroupShuffle(sc[i][j % TN], j / TN);
                 [[unroll]] for (uint c = 0; c < CH; c++) acc[i][c] += w * vv[c];
             }
         }

@@ -4,6 +4,7 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_KHR_shader_subgroup_ballot : require
+#extension GL_KHR_shader_subgroup_shuffle : require
 // Texel buffers are declared as utextureBuffer (no sampler): a usamplerBuffer compiles to a sampled image of Dim
 // Buffer, which newer SPIR-V validation (Mesa 25's lavapipe, current drivers) rejects.
 #extension GL_EXT_samplerless_texture_functions : require

@@ -33,7 +33,9 @@ void main()
     if (p.aligned != 0 && gl_SubgroupSize >= TM && gl_NumSubgroups == 1) {
         // K is a multiple of the elements per texel: whole texels, no per-element indexing. Lane l
         // fetches row l of the tile (lanes past TM repeat the last row) and the subgroup shares the
-        // values by broadcast: one x fetch per lane and step serves TM rows x TN columns.
+        // values by shuffles from constant lanes (llvmpipe runs subgroupBroadcast as a loop over the
+        // lanes, a constant-lane shuffle as one extract): one x fetch per lane and step serves TM rows
+        // x TN columns.
         uint step = per_texel();
         uint texels_per_row = p.K / step;
         uint my_row = p.x_off + min(m0 + min(gl_SubgroupInvocationID, TM - 1), p.M - 1) * p.K;
@@ -45,12 +47,12 @@ void main()
             vec4 xb = WTYPE != W_F32 ? uintBitsToFloat(texelFetch(X, int(xt + 1))) : vec4(0.0);
             for (uint i = 0; i < TM; i++) {
                 for (uint e = 0; e < 4; e++) {
-                    float xe = subgroupBroadcast(xa[e], i);
+                    float xe = subgroupShuffle(xa[e], i);
                     for (uint j = 0; j < TN; j++) acc[i][j] = fma(xe, wlo[j][e], acc[i][j]);
                 }
                 if (WTYPE != W_F32) {
                     for (uint e = 0; e < 4; e++) {
-                        float xe = subgroupBroadcast(xb[e], i);
+                        float xe = subgroupShuffle(xb[e], i);
                         for (uint j = 0; j < TN; j++) acc[i][j] = fma(xe, whi[j][e], acc[i][j]);
                     }
                 }

@@ -59,11 +59,11 @@ void main()
             for (uint i = 0; i < TM; i++) {
                 if (broadcast) {
                     for (uint e = 0; e < 4; e++) {
-                        float xe = subgroupBroadcast(xa[e], i);
+                        float xe = subgroupShuffle(xa[e], i);
                         for (uint j = 0; j < TN; j++) acc[i][j] += xe * wlo[j][e];
                     }
                     for (uint e = 0; e < 4; e++) {
-                        float xe = subgroupBroadcast(xb[e], i);
+                        float xe = subgroupShuffle(xb[e], i);
                         for (uint j = 0; j < TN; j++) acc[i][j] += xe * whi[j][e];
                     }
                 } else {

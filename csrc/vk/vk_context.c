@@ -713,12 +713,14 @@ static ec_status check_requirements(ec_context *ctx)
     const VkPhysicalDeviceLimits *l = &ctx->limits;
     if (!d->push_descriptor)
         return ec_fail(EC_ERR_NO_DEVICE, "%s lacks VK_KHR_push_descriptor, which eyecare needs (docs/devices.md)", d->name);
-    const uint32_t ops = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT | VK_SUBGROUP_FEATURE_BALLOT_BIT;
+    const uint32_t ops = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT | VK_SUBGROUP_FEATURE_BALLOT_BIT |
+                         VK_SUBGROUP_FEATURE_SHUFFLE_BIT;
     if ((d->subgroup_operations & ops) != ops) {
         char missing[96] = "";
         if (!(d->subgroup_operations & VK_SUBGROUP_FEATURE_BASIC_BIT)) strcat(missing, " basic");
         if (!(d->subgroup_operations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT)) strcat(missing, " arithmetic");
         if (!(d->subgroup_operations & VK_SUBGROUP_FEATURE_BALLOT_BIT)) strcat(missing, " ballot");
+        if (!(d->subgroup_operations & VK_SUBGROUP_FEATURE_SHUFFLE_BIT)) strcat(missing, " shuffle");
         return ec_fail(EC_ERR_NO_DEVICE, "%s lacks subgroup operations in compute shaders that eyecare needs:%s "
                        "(VkPhysicalDeviceSubgroupProperties.supportedOperations; docs/devices.md)", d->name, missing);
     }
