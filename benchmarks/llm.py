@@ -9,6 +9,8 @@ Bounds. Decode reads every weight once per token, so its bound is the read bandw
 a STREAM-style read by as many threads as lavapipe runs) over the bytes of weights per token. Decode after
 a long prompt is compared with decode from an empty cache of the same model (the cache's reads are the
 difference). Prefill is arithmetic: GFLOP/s (2 x weights x tokens, plus attention) beside the FMA peak.
+Each figure is the best of --repeats runs (default 2): this machine kind's speed varies between runs by up
+to 2x (other tenants), and the best run is the one that says what the code can do.
 
     python benchmarks/llm.py                  # small and phi3 shapes
     python benchmarks/llm.py --model qwen2 --layers 4 --profile
@@ -162,8 +164,9 @@ def profile(lm: LanguageModel, rng):
 
 
 def run(kind: str, layers: int, prompt: int, new: int, peaks: dict, do_profile: bool = False, structured: bool = False,
-        variant: str = "bf16") -> list[dict]:
-    """Prefill and empty-cache decode of one shape with its linear layers in `variant`; returns the table rows."""
+        variant: str = "bf16", repeats: int = 2) -> list[dict]:
+    """Prefill and empty-cache decode of one shape with its linear layers in `variant`, each the best of `repeats`
+    runs (a shared machine's speed varies from one run to the next); returns the table rows."""
     rng = np.random.default_rng(0)
     t = time.perf_counter()
     lm = build(kind, layers, prompt + new + 2, rng, variant=variant)
@@ -175,16 +178,17 @@ def run(kind: str, layers: int, prompt: int, new: int, peaks: dict, do_profile: 
     lm.forward(input_ids=rng.integers(0, cfg.vocab_size, 16), logits_to_keep=1)  # pipelines built, caches warm
 
     ids = rng.integers(0, cfg.vocab_size, prompt)
-    out = lm.generate(input_ids=ids, max_new_tokens=1, do_sample=False)
+    out = min((lm.generate(input_ids=ids, max_new_tokens=1, do_sample=False) for _ in range(repeats)),
+              key=lambda o: o.prefill_ms)
     flops = sum(flops_per_token(cfg, c) for c in range(1, prompt + 1)) + 2.0 * cfg.hidden_size * cfg.vocab_size
     gflops = flops / (out.prefill_ms / 1e3) / 1e9
-    print(f"  prefill {prompt} tokens: {out.prefill_ms / 1e3:6.2f} s  {out.prefill_tokens_per_s:8.1f} tokens/s  "
+    print(f"  prefill {prompt} tokens (best of {repeats}): {out.prefill_ms / 1e3:6.2f} s  {out.prefill_tokens_per_s:8.1f} tokens/s  "
           f"{gflops:6.1f} GFLOP/s = {gflops / peaks['fma_gflops']:5.1%} of the FMA peak {peaks['fma_gflops']:.1f}")
 
-    tps, step_ms, device_ms = decode(lm, 1, new, rng)
+    tps, step_ms, device_ms = max((decode(lm, 1, new, rng) for _ in range(repeats)), key=lambda r: r[0])
     gbs = per_token * tps / 1e9
     frac = gbs / peaks["read_gbs"]
-    print(f"  decode {new} tokens from an empty cache: {tps:7.2f} tokens/s, {gbs:6.2f} GB/s of weights = {frac:5.1%} of "
+    print(f"  decode {new} tokens from an empty cache (best of {repeats}): {tps:7.2f} tokens/s, {gbs:6.2f} GB/s of weights = {frac:5.1%} of "
           f"the read bandwidth {peaks['read_gbs']:.1f} GB/s ({peaks['read_how']}); per step {step_ms:.1f} ms wall, "
           f"{device_ms:.1f} ms device, {lm._decoder.dispatches} dispatches")
     if do_profile:
@@ -243,19 +247,21 @@ def structured_overhead_us(vocab_size: int, rng, tokens: int = 1000) -> float:
     return spent / tokens * 1e6
 
 
-def run_long(kind: str, layers: int, contexts: list[int], new: int, peaks: dict) -> list[dict]:
-    """Decode after prompts of each length in `contexts`, against decode from an empty cache."""
+def run_long(kind: str, layers: int, contexts: list[int], new: int, peaks: dict, repeats: int = 2) -> list[dict]:
+    """Decode after prompts of each length in `contexts`, against decode from an empty cache (each the best of
+    `repeats` runs)."""
     rng = np.random.default_rng(1)
     lm = build(kind, layers, max(contexts) + new + 2, rng, prefill_chunk=512)
     per_token = lm._decoder.weight_bytes
     lm.forward(input_ids=rng.integers(0, lm.config.vocab_size, 16), logits_to_keep=1)
-    base, _, _ = decode(lm, 1, new, rng)
-    print(f"{NAMES[kind]}, {layers} layers, {lm.kv_cache_dtype} KV cache: decode from an empty cache {base:.2f} tokens/s")
+    base = max(decode(lm, 1, new, rng)[0] for _ in range(repeats))
+    print(f"{NAMES[kind]}, {layers} layers, {lm.kv_cache_dtype} KV cache: decode from an empty cache {base:.2f} tokens/s "
+          f"(each figure the best of {repeats})")
     rows = []
     targets = {512: 0.85, 4096: 0.60}
     for ctx in contexts:
         t = time.perf_counter()
-        tps, step_ms, device_ms = decode(lm, ctx, new, rng)
+        tps, step_ms, device_ms = max((decode(lm, ctx, new, rng) for _ in range(repeats)), key=lambda r: r[0])
         kv = kv_bytes_per_position(lm) * ctx
         print(f"  decode after {ctx} tokens: {tps:7.2f} tokens/s = {tps / base:5.1%} of empty-cache decode; cache read "
               f"per step {kv / 1e6:.1f} MB beside {per_token / 1e6:.0f} MB of weights (read-bound ratio "
@@ -274,6 +280,7 @@ def main(argv=None, peaks=None) -> list[dict]:
     ap.add_argument("--new", type=int, default=128, help="decode steps")
     ap.add_argument("--long", action="store_true", help="also decode after 512 and 4096 tokens (small shape)")
     ap.add_argument("--quick", action="store_true", help="a 128-token prefill and 32 decode steps")
+    ap.add_argument("--repeats", type=int, default=2, help="prefill and decode figures: the best of this many runs (default 2)")
     ap.add_argument("--profile", action="store_true", help="also time the decode step's ops one by one")
     ap.add_argument("--no-structured", action="store_true",
                     help="skip timing structured output's per-token work (with the Phi-3.5-mini widths)")
@@ -293,9 +300,10 @@ def main(argv=None, peaks=None) -> list[dict]:
     for kind in (["small", "phi3"] if args.model == "both" else [args.model]):
         for variant in variants:
             rows += run(kind, args.layers or DEFAULT_LAYERS[kind], args.prompt, args.new, peaks, args.profile,
-                        structured=kind == "phi3" and variant == "bf16" and not args.no_structured, variant=variant)
+                        structured=kind == "phi3" and variant == "bf16" and not args.no_structured, variant=variant,
+                        repeats=max(1, args.repeats))
     if args.long:
-        rows += run_long("small", DEFAULT_LAYERS["small"], [512, 4096], args.new, peaks)
+        rows += run_long("small", DEFAULT_LAYERS["small"], [512, 4096], args.new, peaks, max(1, args.repeats))
     return rows
 
 
