@@ -105,6 +105,30 @@ void main()
 
     float scale[NM];
     for (uint m = 0; m < NM; m++) scale[m] = PRE == 1 ? inversesqrt(workgroup_sum(ss[m]) / float(p.K) + p.eps) : 1.0;
+    if (ONE_SUBGROUP) {
+        // One subgroup (CPU devices): each row's sum is assembled from constant-lane shuffles, and lane l
+        // writes rows l, l + width, ...: one store per lane and ROWS / width rows, where a subgroupAdd
+        // and a lane-0 store per row are each a loop over the lanes in llvmpipe (docs/devices.md).
+        const uint width_c = gl_WorkGroupSize.x, PER_LANE = (ROWS + width_c - 1) / width_c;
+        for (uint m = 0; m < NM; m++) {
+            float mine[PER_LANE];
+            for (uint c = 0; c < PER_LANE; c++) mine[c] = 0.0;
+            for (uint r = 0; r < ROWS; r++) {
+                float s = 0.0;
+                for (uint l = 0; l < width_c; l++) s += subgroupShuffle(acc[r][m], l);
+                if (lane == r % width_c) mine[r / width_c] = s * scale[m];
+            }
+            for (uint c = 0; c < PER_LANE; c++) {
+                uint n = n0 + c * width_c + lane;
+                if (c * width_c + lane < ROWS && n < p.N) {
+                    float bias = p.has_bias != 0 ? fetch_elem_as(B, p.n0 + n, BTYPE) : 0.0;
+                    uint o = p.y_off + m * p.y_stride + p.n0 + n;
+                    y[o] = p.accumulate != 0 ? y[o] + mine[c] + bias : mine[c] + bias;
+                }
+            }
+        }
+        return;
+    }
     for (uint r = 0; r < ROWS; r++) {
         uint n = n0 + r;
         if (n >= p.N) break;
