@@ -587,19 +587,6 @@ ec_status ec_op_rope_kv(ec_context *ctx, ec_cols qkv, int64_t tokens, int n_head
     return dispatch_rope_kv(ctx, p, bind, &pc, groups_for(ctx, items, width), 1, 1);
 }
 
-/* K and V: the same dtype, f32 or f16 (the KV cache's), with k/v rows as column ranges counted in that dtype. */
-static ec_status check_kv(ec_cols c, int64_t rows, int64_t cols, const char *what)
-{
-    if (!c.t) return ec_fail(EC_ERR_ARG, "%s is missing", what);
-    if (c.t->dtype != EC_F32 && c.t->dtype != EC_F16)
-        return ec_fail(EC_ERR_ARG, "%s must be float32 or float16, not %s", what, ec_dtype_name(c.t->dtype));
-    if (rows == 0) return EC_OK;
-    if (c.off + (uint64_t)(rows - 1) * c.stride + (uint64_t)cols > (uint64_t)ec_numel(c.t) || (int64_t)c.stride < cols)
-        return ec_fail(EC_ERR_ARG, "%s: a %lld x %lld block at offset %zu with row stride %zu does not fit its tensor",
-                       what, (long long)rows, (long long)cols, c.off, c.stride);
-    return EC_OK;
-}
-
 /* K or V laid out as (sequence, row, head, value) -> c.off + b*seq + r*c.stride + h*head + e, f32 or f16:
  * the last value of the last head of the last row of the last sequence lies inside the tensor. */
 static ec_status check_kv_heads(ec_cols c, int64_t seqs, uint64_t seq, int64_t rows, int64_t heads, uint64_t head, int64_t dim,
@@ -663,6 +650,7 @@ static ec_status bind_kv_group(const ec_attention_args *a, uint64_t b0, uint64_t
 /* Decode: one query token per sequence, split-K over the keys (shaders/attention_decode.comp). */
 static ec_status attention_decode(ec_context *ctx, const ec_attention_args *a, ec_binding *bind, uint64_t group)
 {
+    kv_layout kl = kv_layout_of(a);
     int64_t B = a->batch, S = a->kv_rows;
     int H = a->n_heads, Hkv = a->n_kv_heads, D = a->head_dim, G = H / Hkv;
     int64_t max_len = a->max_len > 0 && a->max_len < S ? a->max_len : S;
@@ -701,7 +689,7 @@ static ec_status attention_decode(ec_context *ctx, const ec_attention_args *a, e
                     .LANE_KEYS = (uint32_t)lane_keys));
     struct ec_attention_decode_push pc = {
         .Hq = (uint32_t)H, .Hkv = (uint32_t)Hkv, .q_seq = (uint32_t)a->q.stride, .kv_row = (uint32_t)a->k.stride,
-        .kv_seq = (uint32_t)kv_layout_of(a).seq, .kv_head = (uint32_t)kv_layout_of(a).head, .splits = splits,
+        .kv_seq = (uint32_t)kl.seq, .kv_head = (uint32_t)kl.head, .splits = splits,
         .split_len = split_len, .scale = a->scale};
     EC_TRY(bind_span(a->q.t, a->q.off, (uint64_t)(B - 1) * a->q.stride + (uint64_t)H * D, &bind[0], &pc.q_off));
     uint64_t part_n = (uint64_t)B * H * splits * (D + 2);
@@ -841,7 +829,7 @@ ec_status ec_op_copy_to_f16(ec_context *ctx, ec_cols src, ec_cols dst, int64_t r
 {
     EC_TRY(check_cols(src, rows, cols, "copy source"));
     if (!dst.t || dst.t->dtype != EC_F16) return ec_fail(EC_ERR_ARG, "copy_to_f16: the destination must be float16");
-    EC_TRY(check_kv(dst, rows, cols, "copy destination"));
+    EC_TRY(check_kv_heads(dst, 1, 0, rows, 1, (uint64_t)cols, cols, "copy destination"));
     if (dst.off % 2 || dst.stride % 2 || cols % 2)
         return ec_fail(EC_ERR_ARG, "copy_to_f16: offset %zu, stride %zu and columns %lld must be even", dst.off, dst.stride, (long long)cols);
     if (rows == 0 || cols == 0) return EC_OK;
