@@ -52,7 +52,7 @@ static PyObject *uuid_string(const uint8_t *u)
 {
     char text[40];
     char *p = text;
-    for (int i = 0; i < VK_UUID_SIZE; i++) {
+    for (int i = 0; i < (int)VK_UUID_SIZE; i++) {
         if (i == 4 || i == 6 || i == 8 || i == 10) *p++ = '-';
         p += snprintf(p, 3, "%02x", u[i]);
     }
