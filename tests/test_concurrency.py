@@ -105,7 +105,11 @@ class InterruptingDecoder:
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "chat"])
-def test_keyboard_interrupt_stops_generation_and_the_model_stays_usable(model, monkeypatch, stream):
+def test_keyboard_interrupt_stops_generation_and_the_model_stays_usable(model, monkeypatch, request, stream):
+    # Ctrl-C as an interactive Python sees it: a test runner started in the background (`make test &` in a script,
+    # nohup) inherits SIGINT ignored, and Python then installs no handler, so the test installs Python's own.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     before = model.chat("Describe.", images=IMAGES[:1], max_new_tokens=8)
     whole = model.chat("Describe at length.", images=IMAGES, max_new_tokens=40)
     assert len(model.last_output.token_ids) == 40, "the interrupted generation must have steps left"
